@@ -1,0 +1,55 @@
+"""Evaluate a model (or the bicubic baseline) on SR benchmark sets: Y-PSNR and SSIM.
+
+    python pipelines/evaluate.py --model bicubic --data ../shared/datasets/Set5,../shared/datasets/Set14
+    python pipelines/evaluate.py --model runs/demo/best --data ../shared/datasets/Set5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from srgan.cli import UserError, run_cli  # noqa: E402
+from srgan.evaluation import EvalConfig, format_table, run_evaluation  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="'bicubic' or a generator checkpoint directory/URI")
+    p.add_argument("--data", required=True, help="comma-separated dataset dirs (HR/ and LR_bicubic/X<scale>/)")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--degrade", action="store_true", help="make LR from HR with degrade() instead of reading LR_bicubic/")
+    p.add_argument("--json", action="store_true", help="print one JSON object per dataset")
+    p.add_argument("--verbose", action="store_true", help="also report every image")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    config = EvalConfig(
+        model=args.model,
+        data=tuple(d for d in args.data.split(",") if d),
+        scale=args.scale,
+        use_degrade=args.degrade,
+        device=args.device,
+        tile_size=args.tile_size,
+    )
+    if args.tile_size < 32:
+        raise UserError(f"--tile-size must be >= 32, got {args.tile_size}")
+    scores = run_evaluation(config)
+    if args.json:
+        for s in scores:
+            print(json.dumps(s.to_json(per_image=args.verbose)))
+    else:
+        print(format_table(scores, per_image=args.verbose))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,43 @@
+"""Shared CLI plumbing: one-line errors and a non-zero exit for a user's mistake, logging set-up."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+__all__ = ["UserError", "run_cli", "setup_logging"]
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing path, bad layout). The message says how."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from srgan.checkpoint import CheckpointError
+    from srgan.imageio import ImageError
+    from srgan.losses import VGGWeightsNotFoundError
+
+    return (UserError, CheckpointError, ImageError, VGGWeightsNotFoundError)
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run ``main`` and exit: its return code, 2 with ``error: <one line>`` for a user's mistake, 130 on Ctrl-C."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except _user_errors() as exc:
+        message = " ".join(str(exc).split())  # always one line
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

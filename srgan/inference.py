@@ -1,0 +1,193 @@
+"""The Upscaler: load a generator once, upscale images of any size with bounded memory.
+
+Used as is by evaluation, and (later) by the Ray Data bulk job's actor pool and the Serve replica, so
+that batch and online inference share one code path.
+
+Tiling: an image larger than ``tile_size`` LR pixels is cut into tiles that overlap by
+``tile_overlap`` pixels; each tile is run with ``tile_pad`` extra pixels of real context around it,
+and the overlapping outputs are blended with linear ramps. The default ``tile_pad`` is the network's
+receptive radius, so a tile's output does not depend on where it was cut: the tiled result equals
+the untiled one up to floating-point rounding, and there are no seams.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from srgan.checkpoint import GeneratorCheckpoint, load_generator
+from srgan.degrade import bicubic_upscale
+from srgan.imageio import DecodedImage, with_planes
+from srgan.models import SRResNet
+from srgan.ranges import signed_to_unit
+
+__all__ = ["UpscalerOptions", "Upscaler", "pick_device"]
+
+log = logging.getLogger(__name__)
+
+_MIN_TILE = 32
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/"auto" -> CUDA if available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class UpscalerOptions:
+    """Inference knobs. Sizes are in LR (input) pixels."""
+
+    device: str = "auto"
+    precision: str = "fp32"  # "fp32" or "bf16" (bf16 autocast, CUDA only)
+    tile_size: int = 256  # largest side processed in one forward pass
+    tile_overlap: int = 8  # blended overlap between neighbouring tiles
+    tile_pad: int | None = None  # context around each tile; None = the network's receptive radius
+    max_batch: int = 8  # same-size images per forward pass in upscale_images()
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.tile_size < _MIN_TILE:
+            raise ValueError(f"tile_size must be >= {_MIN_TILE}, got {self.tile_size}")
+        if not 0 <= self.tile_overlap < self.tile_size // 2:
+            raise ValueError(f"tile_overlap must be in [0, tile_size/2), got {self.tile_overlap}")
+        if self.tile_pad is not None and self.tile_pad < 0:
+            raise ValueError(f"tile_pad must be >= 0, got {self.tile_pad}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets covering [0, length) with tiles of ``tile`` that overlap by >= ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)  # the last tile ends exactly at the border
+    return starts
+
+
+def _ramp(length: int, ramp_in: int, ramp_out: int, device: torch.device) -> Tensor:
+    """1-D blend weights: rising over ``ramp_in`` samples, falling over ``ramp_out``, 1 in between.
+
+    Weights stay > 0 everywhere, so every pixel has a non-zero total weight.
+    """
+    w = torch.ones(length, device=device)
+    if ramp_in > 0:
+        n = min(ramp_in, length)
+        w[:n] = torch.minimum(w[:n], (torch.arange(n, device=device) + 0.5) / ramp_in)
+    if ramp_out > 0:
+        n = min(ramp_out, length)
+        w[length - n :] = torch.minimum(w[length - n :], (torch.arange(n, device=device).flip(0) + 0.5) / ramp_out)
+    return w
+
+
+class Upscaler:
+    """Upscale images with an SRResNet generator. ``lq`` [0, 1] in, ``sr`` [0, 1] out (clamped)."""
+
+    def __init__(self, net_g: SRResNet, *, options: UpscalerOptions = UpscalerOptions(), model_info: GeneratorCheckpoint | None = None) -> None:
+        self.options = options
+        self.device = pick_device(options.device)
+        if options.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError("precision bf16 needs a CUDA device; use fp32 on the CPU")
+        self.net_g = net_g.to(self.device).eval().requires_grad_(False)
+        self.scale = net_g.config.scale
+        self.tile_pad = net_g.receptive_radius if options.tile_pad is None else options.tile_pad
+        self.tile_size = options.tile_size  # lowered for good after a CUDA out-of-memory error
+        self.model_info = model_info
+
+    @classmethod
+    def from_checkpoint(cls, uri: str | os.PathLike, *, options: UpscalerOptions = UpscalerOptions()) -> Upscaler:
+        """Load the generator at ``uri`` once (weights go straight to the chosen device)."""
+        net_g, info = load_generator(uri, map_location="cpu")
+        return cls(net_g, options=options, model_info=info)
+
+    # ------------------------------------------------------------------------------ tensors
+
+    def _forward(self, lq: Tensor) -> Tensor:
+        """One network pass: (N, 3, h, w) [0, 1] on device -> (N, 3, h*s, w*s) [0, 1] fp32."""
+        if self.options.precision == "bf16":
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                sr = self.net_g(lq)
+        else:
+            sr = self.net_g(lq)
+        return signed_to_unit(sr.float())
+
+    def _run_tiled(self, lq: Tensor, tile: int) -> Tensor:
+        n, _, h, w = lq.shape
+        if h <= tile and w <= tile:
+            return self._forward(lq)
+        s, pad, overlap = self.scale, self.tile_pad, self.options.tile_overlap
+        out = torch.zeros(n, 3, h * s, w * s, device=lq.device)
+        weight = torch.zeros(1, 1, h * s, w * s, device=lq.device)
+        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
+        for y0 in ys:
+            y1 = min(y0 + tile, h)
+            for x0 in xs:
+                x1 = min(x0 + tile, w)
+                # Context: up to ``pad`` real pixels on each side, clipped at the image border.
+                py0, py1, px0, px1 = max(y0 - pad, 0), min(y1 + pad, h), max(x0 - pad, 0), min(x1 + pad, w)
+                sr = self._forward(lq[:, :, py0:py1, px0:px1])
+                sr = sr[:, :, (y0 - py0) * s : (y1 - py0) * s, (x0 - px0) * s : (x1 - px0) * s]
+                # Ramps only on sides that touch another tile.
+                wy = _ramp((y1 - y0) * s, overlap * s if y0 > 0 else 0, overlap * s if y1 < h else 0, lq.device)
+                wx = _ramp((x1 - x0) * s, overlap * s if x0 > 0 else 0, overlap * s if x1 < w else 0, lq.device)
+                wmap = wy[:, None] * wx[None, :]
+                out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += sr * wmap
+                weight[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += wmap
+        return out / weight
+
+    @torch.inference_mode()
+    def upscale_tensor(self, lq: Tensor) -> Tensor:
+        """(N, 3, h, w) or (3, h, w) float in [0, 1] -> the same rank at ``scale``x, float32 [0, 1], on the CPU.
+
+        On CUDA an out-of-memory error halves the tile size and retries (down to 32 pixels).
+        """
+        squeeze = lq.ndim == 3
+        batch = lq.unsqueeze(0) if squeeze else lq
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected (N, 3, h, w) input, got {tuple(lq.shape)}")
+        batch = batch.to(self.device, torch.float32)
+        while True:
+            try:
+                sr = self._run_tiled(batch, self.tile_size)
+                break
+            except torch.OutOfMemoryError:
+                if self.tile_size <= _MIN_TILE:
+                    raise
+                self.tile_size = max(_MIN_TILE, self.tile_size // 2)
+                log.warning("CUDA out of memory: retrying with tile_size=%d", self.tile_size)
+                torch.cuda.empty_cache()
+        sr = sr.clamp_(0, 1).cpu()
+        return sr.squeeze(0) if squeeze else sr
+
+    # ------------------------------------------------------------------------------- images
+
+    def upscale_images(self, images: list[DecodedImage]) -> list[DecodedImage]:
+        """Upscale decoded images, batching same-size ones; each result keeps its input's mode and depth.
+
+        RGB goes through the network; alpha is upscaled with MATLAB bicubic and kept; greyscale
+        inputs are run as RGB and written back as luma.
+        """
+        results: list[DecodedImage | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(tuple(img.rgb.shape[-2:]), []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.options.max_batch):
+                chunk = indices[start : start + self.options.max_batch]
+                sr = self.upscale_tensor(torch.stack([images[i].rgb for i in chunk]))
+                for i, sr_rgb in zip(chunk, sr):
+                    alpha = images[i].alpha
+                    sr_alpha = None if alpha is None else bicubic_upscale(alpha, self.scale).clamp_(0, 1)
+                    results[i] = with_planes(images[i], rgb=sr_rgb, alpha=sr_alpha)
+        return [r for r in results if r is not None]
+
+    def upscale_image(self, image: DecodedImage) -> DecodedImage:
+        return self.upscale_images([image])[0]
