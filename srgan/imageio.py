@@ -140,9 +140,15 @@ def _pil_to_planes(img: Image.Image) -> tuple[Tensor, str]:
 
 def _png16_to_planes(data: bytes) -> tuple[Tensor, str]:
     """16-bit PNG -> ((C, H, W) float32 in [0, 1], mode). PIL would truncate 16-bit RGB to 8 bits."""
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_png
 
-    planes = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    # torchvision 0.29 marks its image codecs deprecated (in favour of TorchCodec); the pinned version
+    # still ships them, and it is the one decoder on our dependency list that keeps 16-bit colour.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        planes = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes.shape[0]]
     return planes.to(torch.float32) / 65535.0, mode
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import VGG19_Weights, vgg19
+from torchvision.models import VGG19_Weights
 
 from srgan.ranges import signed_to_unit
 
@@ -129,6 +129,38 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     return _read_state_dict(Path(path))
 
 
+# torchvision's VGG19 ("config E") conv stack: numbers are conv widths, "M" is a 2x2 max-pool.
+_VGG19_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+def _vgg19_features(num_layers: int) -> nn.Sequential:
+    """The first ``num_layers`` modules of torchvision's ``vgg19().features`` (same indices and key names).
+
+    Built directly so the 120M-parameter classifier is never allocated.
+    """
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for item in _VGG19_PLAN:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_ch, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_ch = item
+        if len(layers) >= num_layers:
+            break
+    return nn.Sequential(*layers[:num_layers])
+
+
+def _load_features(features: nn.Sequential, state_dict: dict[str, Tensor]) -> None:
+    """Load the ``features.*`` entries of a torchvision vgg19 state dict that ``features`` needs."""
+    wanted = {k: v for k, v in state_dict.items() if k.startswith("features.")}
+    local = {k[len("features.") :]: v for k, v in wanted.items() if k[len("features.") :] in features.state_dict()}
+    missing = sorted(set(features.state_dict()) - set(local))
+    if missing:
+        raise ValueError(f"VGG19 state dict lacks {len(missing)} needed entries (e.g. features.{missing[0]}); is it a torchvision vgg19 state dict?")
+    features.load_state_dict(local)
+
+
 class VGGContentLoss(nn.Module):
     """MSE between VGG19 feature maps of ``sr`` and ``gt`` (both [-1, 1]), features scaled by 1/12.75.
 
@@ -140,11 +172,10 @@ class VGGContentLoss(nn.Module):
         layer = VGG_ALIASES.get(layer.lower(), layer.lower())
         if layer not in VGG_LAYERS:
             raise ValueError(f"unknown VGG layer {layer!r}; choose from {sorted(VGG_LAYERS)}")
-        net = vgg19(weights=None)
-        if state_dict is not None:
-            net.load_state_dict(state_dict)
         self.layer = layer
-        self.features = net.features[: VGG_LAYERS[layer] + 1]
+        self.features = _vgg19_features(VGG_LAYERS[layer] + 1)
+        if state_dict is not None:
+            _load_features(self.features, state_dict)
         self.features.requires_grad_(False)
         self.features.eval()
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

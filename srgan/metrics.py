@@ -56,21 +56,22 @@ def psnr(sr255: Tensor, gt255: Tensor, *, crop_border: int, y_channel: bool = Tr
     return 10.0 * torch.log10(255.0**2 / mse)  # +inf for identical images
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> Tensor:
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)  # (size, size), sums to 1
+    return g / g.sum()  # (size,), sums to 1; the 2-D window is its outer product
 
 
 def _ssim_map(x: Tensor, y: Tensor) -> Tensor:
     """Per-pixel SSIM over the valid region for (N, C, H, W) float64 tensors in 0..255."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     channels = x.shape[1]
-    win = _gaussian_window().to(x.device)[None, None].expand(channels, 1, -1, -1)
+    g = _gaussian_1d().to(x.device)
+    win_v = g.view(1, 1, -1, 1).expand(channels, 1, -1, -1)
+    win_h = g.view(1, 1, 1, -1).expand(channels, 1, -1, -1)
 
-    def blur(t: Tensor) -> Tensor:  # depthwise 'valid' Gaussian filter
-        return F.conv2d(t, win, groups=channels)
+    def blur(t: Tensor) -> Tensor:  # depthwise 'valid' 11x11 Gaussian filter, as two separable passes
+        return F.conv2d(F.conv2d(t, win_v, groups=channels), win_h, groups=channels)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2

@@ -69,7 +69,9 @@ def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None) ->
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri} does not exist")
-    # copy_files handles a single object and a whole prefix alike.
+    # copy_files handles a single object and a whole prefix alike, but wants a prefix's target to exist.
     dest = Path(tempfile.mkdtemp(prefix="srgan-fetch-")) / Path(path).name
+    if info.type == pafs.FileType.Directory:
+        dest.mkdir()
     pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return dest
