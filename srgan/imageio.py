@@ -38,6 +38,8 @@ SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Leading bytes of the supported formats (BMP's "BM" is too short to trust on its own).
+_SIGNATURES = (_PNG_SIGNATURE, b"\xff\xd8\xff", b"RIFF")
 
 
 class ImageError(ValueError):
@@ -96,6 +98,73 @@ def _png_header(data: bytes) -> tuple[int, int] | None:
     if len(data) < 29 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     return data[24], data[25]
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _png_row_layout(width: int, height: int, bit_depth: int, colour_type: int, interlace: int) -> list[tuple[int, int]]:
+    """(rows, bytes per row without the filter byte) of every pass of the image data."""
+    bits = _PNG_CHANNELS[colour_type] * bit_depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    layout = []
+    for x0, y0, dx, dy in passes:
+        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if w > 0 and h > 0:
+            layout.append((h, -(-(w * bits) // 8)))
+    return layout
+
+
+def check_png_stream(data: bytes) -> None:
+    """Validate a PNG's structure before a native decoder sees it.
+
+    Checks every chunk's CRC, that the image data inflates to exactly the size the header implies,
+    and that every row's filter type is 0..4. PIL skips the data CRCs (a flipped byte decodes to
+    garbage) and libpng, as torchvision calls it, crashes the process on some malformed streams.
+    """
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE):
+        raise ImageDecodeError("truncated PNG header")
+    pos, idat, header = 8, [], None
+    while True:
+        if pos + 12 > len(data):
+            raise ImageDecodeError("truncated PNG: the data ends before the IEND chunk")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        tag = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise ImageDecodeError(f"truncated PNG: chunk {tag!r} runs past the end of the data")
+        payload = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(tag + payload) & 0xFFFFFFFF != crc:
+            raise ImageDecodeError(f"corrupt PNG: CRC mismatch in chunk {tag.decode('latin-1')!r}")
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", payload[:13])
+        elif tag == b"IDAT":
+            idat.append(payload)
+        elif tag == b"IEND":
+            break
+        pos = end
+    if header is None or not idat:
+        raise ImageDecodeError("corrupt PNG: missing IHDR or IDAT")
+    width, height, bit_depth, colour_type, _, _, interlace = header
+    if colour_type not in _PNG_CHANNELS:
+        raise ImageDecodeError(f"corrupt PNG: unknown colour type {colour_type}")
+    layout = _png_row_layout(width, height, bit_depth, colour_type, interlace)
+    expected = sum(rows * (1 + row_bytes) for rows, row_bytes in layout)
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(b"".join(idat), expected + 1)  # never inflate more than the header allows
+    except zlib.error as exc:
+        raise ImageDecodeError(f"corrupt PNG image data: {exc}") from None
+    if len(raw) != expected:
+        raise ImageDecodeError(f"corrupt PNG: image data inflates to {len(raw)} bytes, expected {expected}")
+    offset = 0
+    for rows, row_bytes in layout:
+        filters = np.frombuffer(raw, np.uint8, count=rows * (1 + row_bytes), offset=offset)[:: 1 + row_bytes]
+        if filters.max(initial=0) > 4:
+            raise ImageDecodeError(f"corrupt PNG: bad row filter type {int(filters.max())}")
+        offset += rows * (1 + row_bytes)
 
 
 def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
@@ -168,6 +237,8 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
     try:
         img = Image.open(io.BytesIO(data))  # lazy: reads only the header
     except UnidentifiedImageError:
+        if data.startswith(_SIGNATURES):  # a known format whose header is cut or mangled
+            raise ImageDecodeError("corrupt or truncated image header") from None
         raise UnsupportedImageError(f"not a recognised image; supported formats: {', '.join(SUPPORTED_FORMATS)}") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from None
@@ -187,6 +258,8 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
         orientation = 1
     header = _png_header(data)
     try:
+        if img.format == "PNG":
+            check_png_stream(data)
         if header is not None and header[0] == 16:
             planes, mode = _png16_to_planes(data)
             bit_depth = 16
@@ -194,7 +267,7 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
             img.load()
             planes, mode = _pil_to_planes(img)
             bit_depth = 16 if img.mode.startswith("I") else 8
-    except (ImageTooLargeError, UnsupportedImageError):
+    except ImageError:
         raise
     except Exception as exc:  # truncated streams, bad CRCs, libjpeg errors, ...
         raise ImageDecodeError(f"corrupt or truncated {img.format} data: {exc}") from None
