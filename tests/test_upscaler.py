@@ -155,3 +155,28 @@ def test_cuda_fp32_and_bf16_match_cpu():
     assert (gpu - cpu).abs().max().item() < 1e-3
     bf16 = Upscaler(_net(num_blocks=2), options=UpscalerOptions(device="cuda", precision="bf16")).upscale_tensor(lq)
     assert (bf16 - cpu).abs().mean().item() < 0.02
+
+
+class _OOMAboveSize(SRResNet):
+    """A generator that fails like a full GPU when asked for inputs larger than ``limit`` pixels a side."""
+
+    limit = 100
+
+    def forward(self, lq):
+        if max(lq.shape[-2:]) > self.limit:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return super().forward(lq)
+
+
+def test_out_of_memory_retries_with_smaller_tiles(caplog):
+    net = _net(num_blocks=1)
+    failing = _OOMAboveSize(num_blocks=1, num_features=16).eval()
+    failing.load_state_dict(net.state_dict())
+    lq = _photo_lq()[..., :75, :112]
+    expected = Upscaler(net, options=UpscalerOptions(tile_size=512)).upscale_tensor(lq)
+    up = Upscaler(failing, options=UpscalerOptions(tile_size=512))
+    with caplog.at_level("WARNING"):
+        out = up.upscale_tensor(lq)
+    assert up.tile_size == 64  # 512 -> 256 -> 128 fail (whole image), 64 + context fits
+    assert caplog.text.count("out of memory") == 3
+    assert (out - expected).abs().max().item() < 1e-4
