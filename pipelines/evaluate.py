@@ -19,7 +19,7 @@ from srgan.evaluation import EvalConfig, format_table, run_evaluation  # noqa: E
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="'bicubic' or a generator checkpoint directory/URI")
+    p.add_argument("--model", required=True, help="'bicubic', a generator checkpoint directory/URI, or models:/NAME@ALIAS")
     p.add_argument("--data", required=True, help="comma-separated dataset dirs (HR/ and LR_bicubic/X<scale>/)")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--degrade", action="store_true", help="make LR from HR with degrade() instead of reading LR_bicubic/")
@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="also report every image")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return p.parse_args(argv)
 
 
@@ -39,6 +40,7 @@ def main() -> int:
         use_degrade=args.degrade,
         device=args.device,
         tile_size=args.tile_size,
+        tracking_uri=args.tracking_uri,
     )
     if args.tile_size < 32:
         raise UserError(f"--tile-size must be >= 32, got {args.tile_size}")

@@ -88,12 +88,12 @@ def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_generator(uri: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[SRResNet, GeneratorCheckpoint]:
-    """Rebuild the generator stored at ``uri`` (local dir, ``file://`` or ``s3://``), in eval mode."""
+def load_generator(uri: str | os.PathLike, *, map_location: str | torch.device = "cpu", tracking_uri: str | None = None) -> tuple[SRResNet, GeneratorCheckpoint]:
+    """Rebuild the generator stored at ``uri`` (local dir, ``file://``, ``s3://`` or ``models:/NAME@ALIAS``), in eval mode."""
     from srgan.storage import fetch_to_local
 
     try:
-        local = fetch_to_local(uri)
+        local = fetch_to_local(uri, tracking_uri=tracking_uri)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {uri} does not exist") from None
     meta = read_checkpoint_meta(local)

@@ -33,6 +33,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit: its return code, 2 with ``error: <one line>`` for a user's mistake, 130 on Ctrl-C."""
     try:
         code = main()
+    except SystemExit:  # argparse's --help and usage errors: already reported
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

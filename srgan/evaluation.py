@@ -33,6 +33,7 @@ __all__ = [
     "find_pairs",
     "evaluate_dataset",
     "bicubic_model",
+    "read_uint8",
     "upscaler_model",
 ]
 
@@ -107,19 +108,29 @@ def find_pairs(dataset_dir: str | Path, *, scale: int, use_degrade: bool) -> lis
     return pairs
 
 
-def _read_uint8(path: Path) -> Tensor:
+def read_uint8(path: Path) -> Tensor:
     """An image file as (3, H, W) uint8 RGB (greyscale replicated, alpha dropped)."""
     img = read_image_file(path)
     return (img.rgb * 255.0).round().to(torch.uint8)
 
 
-def evaluate_dataset(model: UpscaleFn, dataset_dir: str | Path, *, scale: int, use_degrade: bool, model_name: str, on_image: Callable[[ImageScore], None] | None = None) -> DatasetScore:
-    """Score ``model`` on one dataset directory."""
+def evaluate_dataset(
+    model: UpscaleFn,
+    dataset_dir: str | Path,
+    *,
+    scale: int,
+    use_degrade: bool,
+    model_name: str,
+    max_images: int = 0,
+    on_image: Callable[[ImageScore], None] | None = None,
+) -> DatasetScore:
+    """Score ``model`` on one dataset directory (the first ``max_images`` images if > 0)."""
     root = Path(dataset_dir)
     result = DatasetScore(dataset=root.name, model=model_name)
-    for pair in find_pairs(root, scale=scale, use_degrade=use_degrade):
-        gt = _read_uint8(pair.hr_path)
-        lq = degrade(gt, scale) if pair.lr_path is None else _read_uint8(pair.lr_path)
+    pairs = find_pairs(root, scale=scale, use_degrade=use_degrade)
+    for pair in pairs[:max_images] if max_images > 0 else pairs:
+        gt = read_uint8(pair.hr_path)
+        lq = degrade(gt, scale) if pair.lr_path is None else read_uint8(pair.lr_path)
         sr = model(lq)
         h, w = lq.shape[-2] * scale, lq.shape[-1] * scale
         if tuple(sr.shape[-2:]) != (h, w):
@@ -166,6 +177,7 @@ class EvalConfig:
     use_degrade: bool = False
     device: str = "auto"
     tile_size: int = 256
+    tracking_uri: str | None = None  # for models:/ URIs; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db
 
     def __post_init__(self) -> None:
         if self.scale < 1:
@@ -180,7 +192,7 @@ def build_model(config: EvalConfig) -> UpscaleFn:
         return bicubic_model(config.scale)
     from srgan.inference import Upscaler, UpscalerOptions
 
-    upscaler = Upscaler.from_checkpoint(config.model, options=UpscalerOptions(device=config.device, tile_size=config.tile_size))
+    upscaler = Upscaler.from_checkpoint(config.model, options=UpscalerOptions(device=config.device, tile_size=config.tile_size), tracking_uri=config.tracking_uri)
     if upscaler.scale != config.scale:
         raise UserError(f"model {config.model} is x{upscaler.scale} but --scale is {config.scale}")
     return upscaler_model(upscaler)

@@ -103,9 +103,9 @@ class Upscaler:
         self.model_info = model_info
 
     @classmethod
-    def from_checkpoint(cls, uri: str | os.PathLike, *, options: UpscalerOptions = UpscalerOptions()) -> Upscaler:
-        """Load the generator at ``uri`` once (weights go straight to the chosen device)."""
-        net_g, info = load_generator(uri, map_location="cpu")
+    def from_checkpoint(cls, uri: str | os.PathLike, *, options: UpscalerOptions = UpscalerOptions(), tracking_uri: str | None = None) -> Upscaler:
+        """Load the generator at ``uri`` once: a checkpoint directory/URI or ``models:/NAME@ALIAS``."""
+        net_g, info = load_generator(uri, map_location="cpu", tracking_uri=tracking_uri)
         return cls(net_g, options=options, model_info=info)
 
     # ------------------------------------------------------------------------------ tensors

@@ -51,13 +51,21 @@ def resolve(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
-def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> Path:
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None, tracking_uri: str | None = None) -> Path:
     """Make ``uri`` (a file or a directory) available as a local path, downloading if remote.
 
     Local paths are returned as they are. Remote objects land in a fresh temporary directory that
-    the caller owns.
+    the caller owns. ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` are resolved in the MLflow
+    registry at ``tracking_uri`` (else MLFLOW_TRACKING_URI, else the project's SQLite default).
     """
     uri = str(uri)
+    if uri.startswith("models:/"):
+        from srgan.registry import download_model
+
+        return download_model(uri, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if uri.startswith(("http://", "https://")):
         dest = Path(tempfile.mkdtemp(prefix="srgan-fetch-")) / Path(urllib.parse.urlparse(uri).path).name
         with urllib.request.urlopen(uri, timeout=60) as resp, open(dest, "wb") as out:  # noqa: S310 (explicit user URI)

@@ -15,6 +15,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Ray, for the whole session and the subprocesses it starts: token auth on (as shipped), and every
+# Ray address on the loopback interface (Ray otherwise advertises the machine's own network IP).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 
 def _shared_datasets() -> Path:
     return Path(os.environ.get("SRGAN_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
@@ -113,3 +118,42 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """One real local Ray cluster for the whole test session (``ray start --head``), shared by in-process
+    drivers (``ray.init(address=...)``) and by pipeline subprocesses (through RAY_ADDRESS).
+
+    It starts after the S3 server so that its nodes carry the standard AWS variables in their
+    environment, as a real cluster's nodes do (instance roles or node env; never passed in code)."""
+    import ray
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp_dir = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
+    port = _free_port()
+    # Token auth stays on (Ray 2.60's default for local clusters); clients must say so explicitly.
+    env = {"RAY_ADDRESS": f"127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    proc = subprocess.run(
+        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--object-store-memory=1000000000", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
+    os.environ.update(env)
+    ray.init(address=env["RAY_ADDRESS"], log_to_driver=False)
+    yield env["RAY_ADDRESS"]
+    ray.shutdown()
+    # Stop only this session's cluster (``ray stop`` would stop every Ray cluster on the machine).
+    subprocess.run(["pkill", "-TERM", "-f", str(temp_dir)], capture_output=True)
+    time.sleep(2)
+    subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], capture_output=True)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

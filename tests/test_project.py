@@ -37,4 +37,4 @@ def test_dependencies_are_pinned(repo_root):
     for dep in deps:
         assert "==" in dep, f"{dep} is not pinned"
     names = {re.split(r"[\[=<>]", d)[0].lower() for d in deps}
-    assert {"mlflow", "pyarrow", "pillow", "boto3", "numpy", "pytest", "moto", "httpx", "scikit-image"} <= names
+    assert {"mlflow", "pyarrow", "pillow", "boto3", "numpy", "pytest", "moto", "httpx", "scikit-image", "pyyaml"} <= names

@@ -1,0 +1,525 @@
+"""Training ingest (a Ray edge): image prefixes or Parquet shards -> random uint8 HR crops.
+
+One epoch, as Ray Data runs it::
+
+    list the files once, on the driver (list_images / the shards of a packed prefix)
+      -> read_binary_files / read_parquet      the file order is reshuffled at every epoch
+      -> map_batches(decode + crop)            fractional CPUs; bad objects skipped and counted
+      -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
+
+Only ``gt`` travels: the LR input is made on the training worker's device by
+:func:`srgan.degrade.degrade` (the one MATLAB-bicubic degradation), so no resampling happens here.
+
+A corrupt, empty, non-image, oversized or too small object never fails an epoch: the decoder skips it
+and reports ``(kind, path)`` to a named :class:`SkipCounter` actor that keeps the *unique* paths per
+kind (a bad file read again next epoch is still one bad object) and logs each one once.
+
+Listing 1.28 M small objects every epoch is the slow path; :func:`pack_images` (``pipelines/prepare.py``)
+packs a prefix into Parquet shards once, and :func:`build_train_dataset` reads those the same way.
+
+The pure parts (listing, :func:`decode_and_crop`, :class:`SkipTally`, :func:`pack_images`) need no Ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+import torch
+from torch import Tensor
+
+from srgan.cli import UserError
+from srgan.evaluation import IMAGE_EXTENSIONS
+from srgan.imageio import (
+    ImageDecodeError,
+    ImageLimits,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+)
+from srgan.storage import resolve
+
+__all__ = [
+    "SKIP_KINDS",
+    "SHARD_COLUMNS",
+    "list_images",
+    "is_parquet_source",
+    "list_parquet_shards",
+    "decode_and_crop",
+    "random_crops",
+    "SkipTally",
+    "SkipCounter",
+    "get_skip_counter",
+    "count_skips",
+    "build_train_dataset",
+    "PackSummary",
+    "pack_images",
+]
+
+logger = logging.getLogger(__name__)
+
+# Why an object was skipped. Every skip is reported as (kind, path).
+SKIP_KINDS = ("empty", "not_image", "corrupt", "too_large", "too_small")
+# Columns of a packed shard: the key relative to the packed prefix, and the encoded bytes as stored.
+SHARD_COLUMNS = ("path", "image")
+PARQUET_EXTENSION = ".parquet"
+MAX_EXAMPLES = 20  # skipped paths kept per kind in a summary
+MAX_SHARD_BYTES = 1 << 30  # a shard is closed early at 1 GiB (keeps 32-bit Arrow binary offsets safe)
+
+SkipList = list[tuple[str, str]]
+
+
+# --------------------------------------------------------------------------------------- listing
+
+
+def _is_image_name(path: str) -> bool:
+    """True for .jpg/.jpeg/.png/.webp/.bmp in any letter case (ImageNet's are ``.JPEG``)."""
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _resolve(uri: str, s3_endpoint: str | None) -> tuple[pafs.FileSystem, str]:
+    try:
+        return resolve(uri, s3_endpoint=s3_endpoint)
+    except ValueError as exc:  # an unsupported scheme
+        raise UserError(str(exc)) from None
+
+
+def _info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
+    """``fs.get_file_info(path)``, with storage errors (no bucket, no access) as one-line user errors."""
+    try:
+        return fs.get_file_info(path)
+    except OSError as exc:
+        raise UserError(f"cannot read {uri}: {exc}") from None
+
+
+def _list_files(fs: pafs.FileSystem, root: str, uri: str, *, recursive: bool) -> list[pafs.FileInfo]:
+    """Every file under ``root`` (a directory or prefix), or ``[]`` if there is nothing there."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=recursive, allow_not_found=True))
+    except OSError as exc:
+        raise UserError(f"cannot list {uri}: {exc}") from None
+    return [i for i in infos if i.type == pafs.FileType.File]
+
+
+def _list_image_infos(uri: str, s3_endpoint: str | None) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
+    """(filesystem, root, image file infos sorted by path). ``root`` is what keys are made relative to."""
+    fs, path = _resolve(uri, s3_endpoint)
+    info = _info(fs, path, uri)
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{uri} does not exist: pass a local folder, file:// or s3:// prefix that holds images")
+    if info.type == pafs.FileType.File:  # a single image is a (tiny) dataset too
+        files, root = [info], path.rsplit("/", 1)[0]
+    else:
+        files, root = _list_files(fs, path, uri, recursive=True), path
+    images = sorted((i for i in files if _is_image_name(i.path)), key=lambda i: i.path)
+    if not images:
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        raise UserError(f"no images under {uri}: expected files ending in {exts} (any letter case) at any depth")
+    return fs, root, images
+
+
+def list_images(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, list[str]]:
+    """All image files under a local path, ``file://`` or ``s3://`` prefix, at any depth, sorted.
+
+    Returns ``(filesystem, paths)`` with paths in the filesystem's own form (``bucket/key`` on S3,
+    absolute on local disk). A missing prefix, or one without images, raises :class:`UserError`.
+    """
+    fs, _, images = _list_image_infos(uri, s3_endpoint)
+    return fs, [i.path for i in images]
+
+
+def _parquet_files(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
+    """The ``*.parquet`` file ``path`` itself, or those directly under the prefix ``path`` (sorted)."""
+    info = _info(fs, path, uri)
+    if info.type == pafs.FileType.File:
+        return [path] if path.lower().endswith(PARQUET_EXTENSION) else []
+    if info.type != pafs.FileType.Directory:
+        return []
+    # Top level only: a raw ImageNet root has 1000 folders there, so this stays one cheap listing.
+    files = _list_files(fs, path, uri, recursive=False)
+    return sorted(i.path for i in files if i.path.lower().endswith(PARQUET_EXTENSION))
+
+
+def is_parquet_source(uri: str, *, s3_endpoint: str | None = None) -> bool:
+    """True if ``uri`` is a ``.parquet`` file or a prefix with ``*.parquet`` files at its top level."""
+    fs, path = _resolve(uri, s3_endpoint)
+    return bool(_parquet_files(fs, path, uri))
+
+
+def list_parquet_shards(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, list[str]]:
+    """``(filesystem, shard paths)`` of a packed prefix (or one ``.parquet`` file); none raises :class:`UserError`."""
+    fs, path = _resolve(uri, s3_endpoint)
+    shards = _parquet_files(fs, path, uri)
+    if not shards:
+        raise UserError(f"no Parquet shards at {uri}: pack a prefix with pipelines/prepare.py first")
+    return fs, shards
+
+
+def _relative_key(path: str, root: str) -> str:
+    """``path`` relative to ``root`` (both in filesystem form), the key a packed shard stores."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else path
+
+
+# --------------------------------------------------------------------------------------- decoding
+
+
+def _decode_rgb(data: bytes, limits: ImageLimits, crop_size: int) -> tuple[Tensor | None, str | None]:
+    """Decode ``data`` -> (rgb (3, H, W) float in [0, 1], None), or (None, skip kind). Never raises."""
+    if len(data) == 0:
+        return None, "empty"
+    try:
+        rgb = decode_image(data, limits=limits).rgb  # alpha dropped; grey already replicated to RGB
+    except ImageTooLargeError:
+        return None, "too_large"
+    except UnsupportedImageError:
+        return None, "not_image"
+    except ImageDecodeError:
+        return None, "corrupt"
+    except Exception:  # noqa: BLE001 - a decoder bug on one object must not fail the epoch
+        logger.exception("unexpected error decoding an image; counted as corrupt")
+        return None, "corrupt"
+    if rgb.shape[-2] < crop_size or rgb.shape[-1] < crop_size:
+        return None, "too_small"
+    return rgb, None
+
+
+def random_crops(rgb: Tensor, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` uniformly placed ``crop_size`` windows of ``rgb`` (3, H, W) float [0, 1] -> uint8 (count, 3, c, c).
+
+    Only the windows are converted to uint8 (round to nearest), which gives back an 8-bit source's values
+    exactly; 16-bit sources are rounded to 8 bits.
+    """
+    height, width = rgb.shape[-2:]
+    tops = rng.integers(0, height - crop_size + 1, size=count)
+    lefts = rng.integers(0, width - crop_size + 1, size=count)
+    windows = [rgb[:, t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())]
+    return torch.stack(windows).mul(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def decode_and_crop(
+    batch: dict[str, np.ndarray],
+    *,
+    crop_size: int,
+    crops_per_image: int,
+    rng: np.random.Generator,
+    limits: ImageLimits,
+) -> tuple[dict[str, np.ndarray], SkipList]:
+    """Decode a batch of encoded images and take random HR crops.
+
+    Input columns: ``bytes`` (N encoded images) and ``path`` (N keys, used only to report skips).
+    Returns ``({"gt": uint8 (K, 3, crop_size, crop_size)}, skips)`` with ``K = crops_per_image x``
+    the number of usable images, the crops of one image next to each other, and ``skips`` the
+    ``(kind, path)`` of every image left out (kinds in :data:`SKIP_KINDS`). The shape holds for
+    ``K = 0`` too, so a batch of bad objects still has the dataset's schema. Never raises on bad input.
+    """
+    crops: list[np.ndarray] = []
+    skips: SkipList = []
+    for data, path in zip(batch["bytes"], batch["path"]):
+        rgb, kind = _decode_rgb(bytes(data), limits, crop_size)
+        if kind is not None:
+            skips.append((kind, str(path)))
+            continue
+        crops.append(random_crops(rgb, crop_size, crops_per_image, rng))
+    empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
+    return {"gt": np.concatenate(crops) if crops else empty}, skips
+
+
+# --------------------------------------------------------------------------------------- skip counting
+
+
+class SkipTally:
+    """Unique skipped objects per kind (plain Python; :class:`SkipCounter` is its Ray actor)."""
+
+    def __init__(self) -> None:
+        # kind -> {path: None}: an insertion-ordered set, so examples are the first paths seen.
+        self._paths: dict[str, dict[str, None]] = {}
+
+    def add(self, skips: Iterable[tuple[str, str]]) -> SkipList:
+        """Record skips; returns those not seen before."""
+        new: SkipList = []
+        for kind, path in skips:
+            seen = self._paths.setdefault(kind, {})
+            if path not in seen:
+                seen[path] = None
+                new.append((kind, path))
+        return new
+
+    def summary(self) -> dict[str, Any]:
+        """``{"counts": {kind: unique paths}, "total": int, "examples": {kind: [up to 20 paths]}}``."""
+        counts = {kind: len(paths) for kind, paths in self._paths.items()}
+        examples = {kind: list(itertools.islice(paths, MAX_EXAMPLES)) for kind, paths in self._paths.items()}
+        return {"counts": counts, "total": sum(counts.values()), "examples": examples}
+
+
+def _empty_summary() -> dict[str, Any]:
+    return SkipTally().summary()
+
+
+@ray.remote(num_cpus=0)
+class SkipCounter(SkipTally):
+    """Ray actor that counts skipped objects across all decode tasks and epochs, logging each once.
+
+    Create it with :func:`get_skip_counter` (named, ``get_if_exists=True``, no CPU); read it with
+    :func:`count_skips`. It lives as long as the job that created it holds a handle.
+    """
+
+    def add(self, skips: Iterable[tuple[str, str]]) -> SkipList:
+        new = super().add(skips)
+        for kind, path in new:
+            logging.getLogger(__name__).warning("skipped training image (%s): %s", kind, path)
+        return new
+
+
+# Handles kept by the process that made them: a named actor without lifetime="detached" is destroyed
+# once no handle to it is left, and the datasets/trainer only hold theirs while they run.
+_COUNTERS: dict[str, Any] = {}
+
+
+def get_skip_counter(name: str) -> ray.actor.ActorHandle:
+    """The :class:`SkipCounter` named ``name`` in this job's namespace, created on first use."""
+    handle = SkipCounter.options(name=name, get_if_exists=True).remote()
+    _COUNTERS[name] = handle
+    return handle
+
+
+def count_skips(skip_counter_name: str) -> dict[str, Any]:
+    """Summary of the named :class:`SkipCounter`; an empty summary if no such actor exists."""
+    try:
+        handle = ray.get_actor(skip_counter_name)
+    except ValueError:
+        return _empty_summary()
+    return ray.get(handle.summary.remote())
+
+
+# --------------------------------------------------------------------------------------- Ray Data
+
+
+def _decode_crop_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    image_column: str,
+    root: str | None,
+    crop_size: int,
+    crops_per_image: int,
+    limits: ImageLimits,
+    counter: ray.actor.ActorHandle,
+) -> dict[str, np.ndarray]:
+    """map_batches UDF: {image_column, path} -> {"gt": uint8 (K, 3, c, c)}; skips go to ``counter``."""
+    # Raw reads carry the filesystem path; report the key relative to the source, as shards store it.
+    paths = [str(p) if root is None else _relative_key(str(p), root) for p in batch["path"]]
+    # Fresh OS entropy per batch: crops must differ at every epoch, and Ray runs batches in any order.
+    rng = np.random.default_rng()
+    out, skips = decode_and_crop(
+        {"bytes": batch[image_column], "path": np.asarray(paths, dtype=object)},
+        crop_size=crop_size,
+        crops_per_image=crops_per_image,
+        rng=rng,
+        limits=limits,
+    )
+    if skips:
+        # Wait for the actor: skips are rare, and a summary read right after the epoch must include them.
+        ray.get(counter.add.remote(skips))
+    return out
+
+
+def _file_shuffle(seed: int | None) -> Any:
+    """A file order that changes at every epoch (execution); reproducible per epoch when ``seed`` is set."""
+    from ray.data import FileShuffleConfig
+
+    if seed is None:
+        return "files"
+    return FileShuffleConfig(seed=seed, reseed_after_execution=True)
+
+
+def build_train_dataset(
+    uri: str,
+    *,
+    crop_size: int = 96,
+    crops_per_image: int = 1,
+    s3_endpoint: str | None = None,
+    limits: ImageLimits = ImageLimits(),
+    skip_counter_name: str,
+    seed: int | None = None,
+    decode_batch_size: int = 32,
+    num_cpus: float = 0.25,
+) -> ray.data.Dataset:
+    """A Ray Dataset of random HR training crops: rows ``{"gt": uint8 (3, crop_size, crop_size)}``, RGB, 0..255.
+
+    ``uri`` is an image prefix (local, ``file://`` or ``s3://``; jpg/jpeg/png/webp/bmp in any case, any
+    depth) or Parquet shards from :func:`pack_images` (a ``.parquet`` file or a prefix holding them).
+    Every epoch (each iteration of the dataset) reads the files in a new order and draws new crop
+    positions. The LR input is not made here: the trainer calls :func:`srgan.degrade.degrade` on its
+    device, and converts ``gt`` to [-1, 1] there.
+
+    With ``crops_per_image == 1`` each row comes from a different image, so every training batch holds
+    crops of distinct images (the paper's setting). With ``crops_per_image > 1`` the crops of an image
+    are adjacent rows: the trainer should then iterate with a local shuffle buffer
+    (``iter_torch_batches(local_shuffle_buffer_size=...)``) so they spread over batches. Rows of one
+    Parquet shard keep their packed order (shuffled once by :func:`pack_images`); shards are reordered
+    every epoch.
+
+    Bad objects are skipped and reported to the :class:`SkipCounter` named ``skip_counter_name`` (read
+    it with :func:`count_skips`); reusing a name adds to that counter. ``seed`` makes the per-epoch file
+    order reproducible (crop positions always use fresh entropy). ``num_cpus`` is per read/decode task:
+    keep it fractional on small machines where Train workers hold CPUs, or Ray Data starves.
+
+    A raw prefix is listed here, once; Ray then stats each listed file again. At ImageNet scale pack the
+    prefix with ``pipelines/prepare.py`` instead.
+    """
+    if crop_size < 1 or crops_per_image < 1:
+        raise UserError(f"crop_size and crops_per_image must be >= 1, got {crop_size} and {crops_per_image}")
+    if decode_batch_size < 1 or num_cpus <= 0:
+        raise UserError(f"decode_batch_size must be >= 1 and num_cpus > 0, got {decode_batch_size} and {num_cpus}")
+    import ray.data  # here, not at the top: packing and the pure functions don't need Ray Data
+
+    shuffle = _file_shuffle(seed)
+    if is_parquet_source(uri, s3_endpoint=s3_endpoint):
+        fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
+        ds = ray.data.read_parquet(shards, filesystem=fs, partitioning=None, shuffle=shuffle, num_cpus=num_cpus)
+        ds = ds.select_columns(list(SHARD_COLUMNS))
+        image_column, root = "image", None  # shards already store keys relative to the packed prefix
+    else:
+        fs, root, images = _list_image_infos(uri, s3_endpoint)
+        paths = [i.path for i in images]
+        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=num_cpus)
+        image_column = "bytes"
+    counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
+    # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
+    # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
+    return ds.map_batches(
+        _decode_crop_batch,
+        batch_size=decode_batch_size,
+        num_cpus=num_cpus,
+        fn_kwargs={
+            "image_column": image_column,
+            "root": root,
+            "crop_size": crop_size,
+            "crops_per_image": crops_per_image,
+            "limits": limits,
+            "counter": counter,  # the dataset holds a handle, so the actor lives while the dataset does
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class PackSummary:
+    """What :func:`pack_images` wrote."""
+
+    images: int
+    shards: int
+    bytes: int
+    output: str
+
+
+def _same_or_inside(inner: str, outer: str) -> bool:
+    outer = outer.rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def _check_output(in_fs: pafs.FileSystem, in_root: str, out_fs: pafs.FileSystem, out_path: str, output_uri: str) -> None:
+    """Refuse an output at or inside the input (shards would join the images they pack) or holding shards."""
+    if type(in_fs) is type(out_fs) and _same_or_inside(out_path, in_root):
+        raise UserError(f"the output {output_uri} is the input prefix or inside it: write the shards elsewhere")
+    if _parquet_files(out_fs, out_path, output_uri):
+        raise UserError(f"{output_uri} already holds Parquet shards: pick an empty output prefix or delete them first")
+
+
+def _plan_shards(images: Sequence[pafs.FileInfo], images_per_shard: int) -> list[list[pafs.FileInfo]]:
+    """Group images into shards of at most ``images_per_shard`` files and about :data:`MAX_SHARD_BYTES`."""
+    shards: list[list[pafs.FileInfo]] = [[]]
+    size = 0
+    for info in images:
+        if shards[-1] and (len(shards[-1]) >= images_per_shard or size + (info.size or 0) > MAX_SHARD_BYTES):
+            shards.append([])
+            size = 0
+        shards[-1].append(info)
+        size += info.size or 0
+    return shards
+
+
+def _read_all(fs: pafs.FileSystem, paths: Sequence[str], pool: ThreadPoolExecutor) -> list[bytes]:
+    """Object bytes in ``paths`` order, fetched concurrently (object stores reward parallel GETs)."""
+
+    def read(path: str) -> bytes:
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as exc:  # gone or unreadable since the listing: not a bad image, a storage problem
+            raise UserError(f"cannot read {path}: {exc}") from None
+
+    return list(pool.map(read, paths))
+
+
+def _write_shard(fs: pafs.FileSystem, path: str, keys: list[str], blobs: list[bytes]) -> None:
+    table = pa.table({"path": pa.array(keys, pa.string()), "image": pa.array(blobs, pa.binary())})
+    # Encoded images do not compress further: store them as they are; dictionaries would not help either.
+    pq.write_table(
+        table, path, filesystem=fs, compression={"path": "snappy", "image": "none"}, use_dictionary=False,
+        row_group_size=256,
+    )
+
+
+def pack_images(
+    input_uri: str,
+    output_uri: str,
+    *,
+    images_per_shard: int = 1000,
+    s3_endpoint: str | None = None,
+    seed: int = 0,
+    threads: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> PackSummary:
+    """Pack every image file under ``input_uri`` into Parquet shards ``part-00000.parquet``, ... under ``output_uri``.
+
+    Columns: ``path`` (string, key relative to ``input_uri``) and ``image`` (binary, the object's bytes as
+    stored: bad objects are packed too, and training skips and counts them as from the raw prefix). The
+    files are packed in a ``seed``-shuffled order so every shard mixes the whole dataset (a sorted
+    ImageNet listing would put one class per shard). ``progress`` receives a line after listing and one per shard.
+    """
+    if images_per_shard < 1:
+        raise UserError(f"images per shard must be >= 1, got {images_per_shard}")
+    if threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    in_fs, in_root, images = _list_image_infos(input_uri, s3_endpoint)
+    out_fs, out_path = _resolve(output_uri, s3_endpoint)
+    _check_output(in_fs, in_root, out_fs, out_path, output_uri)
+    if isinstance(out_fs, pafs.LocalFileSystem):
+        try:
+            out_fs.create_dir(out_path, recursive=True)  # object stores need no directories
+        except OSError as exc:
+            raise UserError(f"cannot create {output_uri}: {exc}") from None
+
+    images = list(images)
+    random.Random(seed).shuffle(images)
+    plan = _plan_shards(images, images_per_shard)
+    report = progress or (lambda line: None)
+    report(f"found {len(images)} images under {input_uri}; writing {len(plan)} shards")
+    total_bytes = done = 0
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for index, shard in enumerate(plan):
+            blobs = _read_all(in_fs, [i.path for i in shard], pool)
+            keys = [_relative_key(i.path, in_root) for i in shard]
+            name = f"part-{index:05d}.parquet"
+            try:
+                _write_shard(out_fs, f"{out_path}/{name}", keys, blobs)
+            except OSError as exc:
+                raise UserError(f"cannot write {output_uri}/{name}: {exc}") from None
+            shard_bytes = sum(map(len, blobs))
+            done += len(shard)
+            total_bytes += shard_bytes
+            report(f"{name}: {len(shard)} images, {shard_bytes / 1e6:.1f} MB ({done}/{len(images)})")
+    return PackSummary(images=len(images), shards=len(plan), bytes=total_bytes, output=output_uri)

@@ -1,0 +1,180 @@
+"""The training engine in plain PyTorch: the SRResNet step, EMA, learning-rate schedule, validation.
+
+No Ray here: ``srgan.train`` (the Ray Train edge) calls these functions on each worker, and tests call
+them directly. State passes through arguments and return values.
+
+Batches arrive as uint8 HR crops ``gt_u8`` (N, 3, crop, crop) on the device; the LR input is made
+here with :func:`srgan.degrade.degrade` on the uint8 path (the exact MATLAB semantics that made the
+evaluation sets), so training and evaluation see the same degradation, and only HR crops cross the
+network from Ray Data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from srgan.config import Config, OptimConfig
+from srgan.degrade import bicubic_upscale, degrade
+from srgan.evaluation import DatasetScore, bicubic_model, evaluate_dataset, upscaler_model
+from srgan.losses import pixel_loss
+from srgan.ranges import uint8_to_unit, unit_to_signed
+
+__all__ = [
+    "make_pair",
+    "make_optimizer",
+    "lr_at",
+    "set_lr",
+    "srresnet_step",
+    "ema_update",
+    "make_ema",
+    "validate",
+    "ValidationResult",
+    "comparison_grid",
+    "unwrap",
+]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(module, "module"):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def make_pair(gt_u8: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+    """uint8 HR crops (N, 3, H, W) -> (``lq`` [0, 1] (N, 3, H/s, W/s), ``gt`` [-1, 1] (N, 3, H, W))."""
+    lq = uint8_to_unit(degrade(gt_u8, scale))
+    gt = unit_to_signed(uint8_to_unit(gt_u8))
+    return lq, gt
+
+
+def make_optimizer(net: nn.Module, cfg: OptimConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """The learning rate for optimiser step ``step`` (1-based): constant, then one decay if configured."""
+    if cfg.lr_decay_step and step > cfg.lr_decay_step:
+        return cfg.lr * cfg.lr_decay_factor
+    return cfg.lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Tensor, *, config: Config) -> dict[str, float]:
+    """One MSE step on a batch of uint8 HR crops; returns the loss (a float, synced to the CPU)."""
+    lq, gt = make_pair(gt_u8, config.model.scale)
+    if config.train.channels_last:
+        lq = lq.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device_type=gt.device.type, dtype=torch.bfloat16) if config.train.bf16 else nullcontext()
+    with autocast:
+        sr = net_g(lq)
+    loss = config.loss.pixel_weight * pixel_loss(sr.float(), gt)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": float(loss.detach())}
+
+
+def make_ema(net: nn.Module) -> nn.Module:
+    """A frozen copy of ``net`` that :func:`ema_update` keeps as an exponential moving average."""
+    ema = copy.deepcopy(unwrap(net)).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * net, for parameters; buffers (BN statistics) are copied."""
+    src = unwrap(net)
+    for e, p in zip(ema.parameters(), src.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), src.buffers()):
+        e.copy_(b)
+
+
+@dataclass
+class ValidationResult:
+    score: DatasetScore
+    bicubic: DatasetScore | None
+    grid: np.ndarray | None  # (H, W, 3) uint8: rows of LR | bicubic | SR | HR crops
+
+
+def validate(net_g: nn.Module, val_dir: str, *, scale: int, use_degrade: bool, with_bicubic: bool, max_images: int = 0, grid_images: int = 3) -> ValidationResult:
+    """Score a copy of ``net_g`` (in eval mode, on its own device) on a validation directory.
+
+    A copy is evaluated so that the caller's module keeps its training mode and gradients.
+    """
+    from srgan.inference import Upscaler, UpscalerOptions
+
+    net = copy.deepcopy(unwrap(net_g))
+    device = next(net.parameters()).device
+    upscaler = Upscaler(net, options=UpscalerOptions(device=str(device)))
+    model = upscaler_model(upscaler)
+    samples: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def keep_sample(lq: Tensor) -> Tensor:
+        sr = model(lq)
+        if len(samples) < grid_images:
+            samples.append((lq, sr, bicubic_upscale(lq, scale)))
+        return sr
+
+    score = evaluate_dataset(keep_sample, val_dir, scale=scale, use_degrade=use_degrade, model_name="net_g", max_images=max_images)
+    bicubic = None
+    if with_bicubic:
+        bicubic = evaluate_dataset(bicubic_model(scale), val_dir, scale=scale, use_degrade=use_degrade, model_name="bicubic", max_images=max_images)
+    return ValidationResult(score=score, bicubic=bicubic, grid=comparison_grid(samples, val_dir, scale=scale, use_degrade=use_degrade))
+
+
+def comparison_grid(samples: list[tuple[Tensor, Tensor, Tensor]], val_dir: str, *, scale: int, use_degrade: bool, crop: int = 128) -> np.ndarray | None:
+    """One row per sample: LR (nearest-neighbour enlarged) | bicubic | SR | HR, centre crops of ``crop`` px."""
+    from srgan.evaluation import find_pairs, read_uint8
+
+    if not samples:
+        return None
+    pairs = find_pairs(val_dir, scale=scale, use_degrade=use_degrade)
+    rows = []
+    for (lq, sr, bic), pair in zip(samples, pairs):
+        gt = read_uint8(pair.hr_path)[:, : sr.shape[-2], : sr.shape[-1]]
+        h, w = sr.shape[-2:]
+        size = min(crop, h, w) // scale * scale
+        y0, x0 = (h - size) // 2 // scale * scale, (w - size) // 2 // scale * scale
+        window = (slice(None), slice(y0, y0 + size), slice(x0, x0 + size))
+        lq_big = lq.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        tiles = [t[window] for t in (lq_big, bic, sr, gt)]
+        rows.append(torch.cat(tiles, dim=-1))
+    width = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
+    return torch.cat(rows, dim=-2).permute(1, 2, 0).contiguous().numpy()
+
+
+def cycle_batches(make_iterator) -> Iterator:
+    """Endless batches from a re-iterable source (one pass = one epoch; the source reshuffles per pass)."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in make_iterator(epoch):
+            empty = False
+            yield epoch, batch
+        if empty:
+            raise RuntimeError("the training dataset produced no batches: every image was skipped or the batch is larger than the dataset")
+        epoch += 1
+
+
+def images_per_second(batch_size: int, seconds: float) -> float:
+    return batch_size / seconds if seconds > 0 else math.inf

@@ -1,0 +1,97 @@
+"""The MLflow model registry for generator checkpoints, without pickles.
+
+A registered version's source is the run's ``generator/`` artifact folder, which holds exactly a
+checkpoint directory (``generator.safetensors`` + ``checkpoint.json``). No MLflow flavour or pyfunc
+wrapper is involved, so loading a version never unpickles or executes anything: it downloads the
+folder and :func:`srgan.checkpoint.load_generator` reads it.
+
+The ``champion`` alias moves only when the new version beats the current champion on the selection
+metric (stored as a version tag), so a worse run never replaces a better model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from srgan.checkpoint import META_FILE, WEIGHTS_FILE
+
+__all__ = ["Registration", "register_generator", "download_model", "CHAMPION", "ARTIFACT_PATH"]
+
+CHAMPION = "champion"
+ARTIFACT_PATH = "generator"
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    uri: str  # models:/NAME/VERSION
+    champion: bool  # whether the alias now points at this version
+    previous_champion: str | None
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _champion_score(client, name: str, metric_name: str) -> tuple[str | None, float | None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    value = current.tags.get(metric_name)
+    return current.version, (float(value) if value is not None else None)
+
+
+def register_generator(tracking_uri: str, *, run_id: str, checkpoint_dir: str | Path, step: int, name: str, metric_name: str, metric_value: float | None) -> Registration:
+    """Log ``checkpoint_dir``'s generator files to the run (under ``generator/step_<step>``, so every
+    version keeps its own files) and register them as a new version of ``name``."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory() as staging:
+        # Only what rebuilds the generator: the training state (optimiser, RNG) stays in run storage.
+        for fname in (WEIGHTS_FILE, META_FILE):
+            shutil.copy2(Path(checkpoint_dir) / fname, Path(staging) / fname)
+        client.log_artifacts(run_id, staging, artifact_path=f"{ARTIFACT_PATH}/step_{step}")
+    try:
+        client.create_registered_model(name, description="SRResNet/SRGAN generator checkpoints (safetensors + config).")
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}/step_{step}"
+    tags = {"step": str(step), **({metric_name: f"{metric_value:.6f}"} if metric_value is not None else {})}
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    previous, previous_score = _champion_score(client, name, metric_name)
+    better = previous is None or (metric_value is not None and (previous_score is None or metric_value > previous_score))
+    if better:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    return Registration(name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", champion=better, previous_champion=previous)
+
+
+def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
+    """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` into a fresh local directory."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from srgan.cli import UserError
+    from srgan.tracking import resolve_tracking_uri
+
+    if tracking_uri:
+        tracking_uri = resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    dest = Path(tempfile.mkdtemp(prefix="srgan-model-"))
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
+    except MlflowException as exc:
+        where = tracking_uri or mlflow.get_tracking_uri()
+        raise UserError(f"cannot resolve {uri} in the MLflow registry at {where}: {' '.join(str(exc).split())[:300]}") from None
+    return Path(path)

@@ -1,0 +1,74 @@
+"""What ``pipelines/train.py`` does around the trainer: check sources up front, make the demo data,
+run, and tell the user where everything is."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from srgan.config import Config, ConfigError
+from srgan.storage import resolve
+
+__all__ = ["DEMO_DATA_DIR", "check_sources", "run_job", "print_summary"]
+
+DEMO_DATA_DIR = Path("data") / "demo"
+
+
+def _check_exists(uri: str, what: str, s3_endpoint: str | None) -> None:
+    try:
+        fs, path = resolve(uri, s3_endpoint=s3_endpoint)
+        info = fs.get_file_info(path)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{what} {uri}: {' '.join(str(exc).split())[:200]}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigError(f"{what} {uri} does not exist")
+
+
+def check_sources(config: Config) -> Config:
+    """Validate data URIs before Ray starts; with no training data, make and use the demo set."""
+    data = config.data
+    if not data.train:
+        if data.val:
+            raise ConfigError("--val-data was given without --data; give both, or neither for the demo")
+        train_dir, val_dir = _make_demo()
+        data = dataclasses.replace(data, train=str(train_dir.resolve()), val=str(val_dir.resolve()))
+    elif not data.val:
+        raise ConfigError("--val-data is required with --data (e.g. ../shared/datasets/Set5)")
+    _check_exists(data.train, "training data", data.s3_endpoint)
+    _check_exists(data.val, "validation data", data.s3_endpoint)
+    return dataclasses.replace(config, data=data)
+
+
+def _make_demo() -> tuple[Path, Path]:
+    from srgan.demo_data import make_demo_dataset
+
+    return make_demo_dataset(DEMO_DATA_DIR)
+
+
+def run_job(config: Config):
+    from srgan.train import run_training
+
+    return run_training(config)
+
+
+def print_summary(summary) -> None:
+    """The end of a run: results, and where to look."""
+    db = summary.tracking_uri
+    print()
+    print(f"run:         {summary.run_id} (experiment '{summary.experiment}') in {db}")
+    if summary.best_val_psnr_y is not None:
+        line = f"validation:  Y-PSNR {summary.best_val_psnr_y:.2f} dB"
+        if summary.bicubic_val_psnr_y is not None:
+            delta = summary.best_val_psnr_y - summary.bicubic_val_psnr_y
+            line += f" (bicubic {summary.bicubic_val_psnr_y:.2f} dB, {delta:+.2f} dB)"
+        print(line)
+    print(f"checkpoint:  {summary.checkpoint}")
+    print(f"registered:  {summary.registered}" + ("  (alias @champion)" if summary.champion else "  (champion kept: it scores higher)"))
+    counts = summary.skipped.get("counts", {})
+    print(f"skipped:     {summary.skipped.get('total', 0)} objects" + (f" {counts}" if counts else ""))
+    print(f"time:        {summary.seconds:.0f} s")
+    if db.startswith("sqlite:"):
+        print(f"look:        mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
+    print(f"evaluate:    python pipelines/evaluate.py --model {summary.registered} --tracking-uri {db} --data ../shared/datasets/Set5")

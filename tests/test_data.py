@@ -1,0 +1,312 @@
+"""Training ingest (srgan.data): decode + crop without Ray, listing local and S3 prefixes, and the Ray Data
+pipeline end to end on the real local cluster reading from the moto S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import uuid
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import ray.data
+import torch
+from PIL import Image
+
+from srgan.cli import UserError
+from srgan.data import SkipTally, build_train_dataset, count_skips, decode_and_crop, list_images
+from srgan.imageio import ImageLimits, decode_image
+
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def photo_bytes(photos_dir: Path, name: str) -> bytes:
+    return (photos_dir / name).read_bytes()
+
+
+def as_jpeg(data: bytes) -> bytes:
+    """Re-encode a real photo as a JPEG (scikit-image ships few JPEGs)."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def decoded_uint8(data: bytes) -> np.ndarray:
+    """The image as the ingest sees it: (3, H, W) uint8."""
+    return decode_image(data).rgb.mul(255).round().to(torch.uint8).numpy()
+
+
+def locate(crop: np.ndarray, image: np.ndarray) -> tuple[int, int] | None:
+    """Top-left (y, x) where ``crop`` (3, c, c) is an exact window of ``image`` (3, H, W), or None."""
+    c = crop.shape[-1]
+    height, width = image.shape[-2:]
+    if height < c or width < c:
+        return None
+    # Candidates: positions whose pixel equals the crop's first pixel; then narrow column by column of row 0.
+    ys, xs = np.nonzero((image[:, : height - c + 1, : width - c + 1] == crop[:, :1, :1]).all(axis=0))
+    for j in range(1, c):
+        keep = (image[:, ys, xs + j] == crop[:, 0, j : j + 1]).all(axis=0)
+        ys, xs = ys[keep], xs[keep]
+    for y, x in zip(ys.tolist(), xs.tolist()):
+        if np.array_equal(image[:, y : y + c, x : x + c], crop):
+            return y, x
+    return None
+
+
+def bad_objects(photos_dir: Path) -> dict[str, bytes]:
+    """Real bad files: name -> bytes."""
+    rocket = photo_bytes(photos_dir, "rocket.jpg")
+    return {
+        "truncated.jpg": rocket[: len(rocket) // 2],
+        "empty.jpg": b"",
+        "notes.jpg": b"shopping list: milk, eggs\nthis is not a picture\n",
+    }
+
+
+def batch_of(items: dict[str, bytes]) -> dict[str, np.ndarray]:
+    return {"bytes": np.array(list(items.values()), dtype=object), "path": np.array(list(items), dtype=object)}
+
+
+# --------------------------------------------------------------------------------------- decode_and_crop
+
+
+def test_crops_are_real_windows_of_the_decoded_images(photos_dir):
+    items = {
+        "astronaut.png": photo_bytes(photos_dir, "astronaut.png"),  # RGB PNG
+        "camera.png": photo_bytes(photos_dir, "camera.png"),  # greyscale PNG -> replicated to RGB
+        "rocket.jpg": photo_bytes(photos_dir, "rocket.jpg"),  # JPEG
+    }
+    out, skips = decode_and_crop(batch_of(items), crop_size=48, crops_per_image=3, rng=np.random.default_rng(0), limits=ImageLimits())
+    assert skips == []
+    assert list(out) == ["gt"]
+    gt = out["gt"]
+    assert gt.shape == (9, 3, 48, 48) and gt.dtype == np.uint8
+    for i, (name, data) in enumerate(items.items()):
+        image = decoded_uint8(data)
+        positions = [locate(crop, image) for crop in gt[3 * i : 3 * i + 3]]  # an image's crops are adjacent
+        assert None not in positions, f"a crop of {name} is not a window of it"
+        assert len(set(positions)) > 1, "crops of one image should be at random positions"
+    grey = gt[3:6]
+    assert np.array_equal(grey[:, 0], grey[:, 1]) and np.array_equal(grey[:, 0], grey[:, 2])
+
+
+def test_same_rng_same_crops_other_rng_other_crops(photos_dir):
+    batch = batch_of({"coffee.png": photo_bytes(photos_dir, "coffee.png")})
+    crops = [
+        decode_and_crop(batch, crop_size=32, crops_per_image=4, rng=np.random.default_rng(seed), limits=ImageLimits())[0]["gt"]
+        for seed in (1, 1, 2)
+    ]
+    assert np.array_equal(crops[0], crops[1])
+    assert not np.array_equal(crops[0], crops[2])
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("truncated.jpg", "corrupt"), ("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("t20.png", "too_small"), ("astronaut.png", "too_large")],
+)
+def test_each_bad_object_is_skipped_with_its_kind(photos_dir, datasets_dir, name, kind):
+    objects = bad_objects(photos_dir) | {
+        "t20.png": (datasets_dir / "train" / "T91" / "t20.png").read_bytes(),  # a real 78x78 image, smaller than 96
+        "astronaut.png": photo_bytes(photos_dir, "astronaut.png"),
+    }
+    limits = ImageLimits(max_pixels=512 * 512 - 1) if kind == "too_large" else ImageLimits()
+    out, skips = decode_and_crop(batch_of({name: objects[name]}), crop_size=96, crops_per_image=2, rng=np.random.default_rng(), limits=limits)
+    assert skips == [(kind, name)]
+    assert out["gt"].shape == (0, 3, 96, 96) and out["gt"].dtype == np.uint8
+
+
+def test_mixed_batch_keeps_the_good_and_reports_the_bad(photos_dir):
+    good = {"chelsea.png": photo_bytes(photos_dir, "chelsea.png"), "rocket.jpg": photo_bytes(photos_dir, "rocket.jpg")}
+    bad = bad_objects(photos_dir)
+    batch = batch_of({"bad/truncated.jpg": bad["truncated.jpg"], "chelsea.png": good["chelsea.png"],
+                      "bad/empty.jpg": bad["empty.jpg"], "rocket.jpg": good["rocket.jpg"], "bad/notes.jpg": bad["notes.jpg"]})
+    out, skips = decode_and_crop(batch, crop_size=64, crops_per_image=1, rng=np.random.default_rng(3), limits=ImageLimits())
+    assert skips == [("corrupt", "bad/truncated.jpg"), ("empty", "bad/empty.jpg"), ("not_image", "bad/notes.jpg")]
+    assert out["gt"].shape == (2, 3, 64, 64)
+    assert locate(out["gt"][0], decoded_uint8(good["chelsea.png"])) is not None
+    assert locate(out["gt"][1], decoded_uint8(good["rocket.jpg"])) is not None
+
+
+def test_skip_tally_counts_unique_paths():
+    tally = SkipTally()
+    assert tally.add([("corrupt", "a.jpg"), ("empty", "b.jpg")]) == [("corrupt", "a.jpg"), ("empty", "b.jpg")]
+    assert tally.add([("corrupt", "a.jpg"), ("corrupt", "c.jpg")]) == [("corrupt", "c.jpg")]  # a.jpg again: next epoch
+    tally.add([("not_image", f"junk/{i}.jpg") for i in range(30)])
+    summary = tally.summary()
+    assert summary["counts"] == {"corrupt": 2, "empty": 1, "not_image": 30}
+    assert summary["total"] == 33
+    assert summary["examples"]["corrupt"] == ["a.jpg", "c.jpg"]
+    assert summary["examples"]["not_image"] == [f"junk/{i}.jpg" for i in range(20)]
+
+
+# --------------------------------------------------------------------------------------- listing
+
+TREE = {  # key -> is an image
+    "top.png": True,
+    "a/one.JPEG": True,
+    "a/b/two.Png": True,
+    "a/b/c/three.jpeg": True,
+    "a/b/c/four.WEBP": True,
+    "a/five.bmp": True,
+    "a/readme.txt": False,
+    "a/b/labels.json": False,
+    "a/b/c/shard.parquet": False,
+    "a/b/c/photo.jpg.bak": False,
+    "noext": False,
+}
+
+
+def test_list_images_local_tree(tmp_path):
+    for key in TREE:
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+    root = tmp_path.resolve()
+    expected = sorted(str(root / k) for k, is_image in TREE.items() if is_image)
+    for uri in (str(tmp_path), f"file://{tmp_path}", f"{tmp_path}/"):
+        _, paths = list_images(uri)
+        assert paths == expected
+
+
+def test_list_images_on_s3(s3_bucket):
+    s3 = boto3.client("s3")
+    for key in TREE:
+        s3.put_object(Bucket=s3_bucket, Key=f"data/{key}", Body=b"x")
+    s3.put_object(Bucket=s3_bucket, Key="elsewhere/outside.png", Body=b"x")  # another prefix: not listed
+    expected = sorted(f"{s3_bucket}/data/{k}" for k, is_image in TREE.items() if is_image)
+    for uri in (f"s3://{s3_bucket}/data", f"s3://{s3_bucket}/data/"):
+        _, paths = list_images(uri)
+        assert paths == expected
+
+
+def test_list_images_errors(tmp_path, s3_bucket):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no pictures here")
+    cases = {
+        str(tmp_path / "missing"): "does not exist",
+        f"s3://{s3_bucket}/missing": "does not exist",
+        str(tmp_path / "docs"): "no images under",
+        "ftp://host/x": "unsupported URI scheme",
+    }
+    for uri, words in cases.items():
+        with pytest.raises(UserError) as info:
+            list_images(uri)
+        message = str(info.value)
+        assert words in message and "\n" not in message, message
+
+
+# --------------------------------------------------------------------------------------- Ray Data, end to end
+
+
+def dataset_objects(photos_dir: Path, datasets_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str]]:
+    """Real photos in nested folders, some as ``.JPEG``, plus three bad objects.
+
+    Returns (good key -> bytes, bad key -> bytes, bad key -> expected skip kind).
+    """
+    good = {
+        "astronaut.png": photo_bytes(photos_dir, "astronaut.png"),
+        "animals/chelsea.png": photo_bytes(photos_dir, "chelsea.png"),
+        "animals/n0001/coffee.JPEG": as_jpeg(photo_bytes(photos_dir, "coffee.png")),
+        "grey/camera.png": photo_bytes(photos_dir, "camera.png"),
+        "space/rocket.JPEG": photo_bytes(photos_dir, "rocket.jpg"),
+        "space/deep/ihc.Png": photo_bytes(photos_dir, "ihc.png"),
+    }
+    # A few T91 images, so that two epochs in the same order cannot happen by chance (10! orders).
+    good |= {f"t91/{n}": (datasets_dir / "train" / "T91" / n).read_bytes() for n in ("t1.png", "t2.png", "t3.png", "t5.png")}
+    made = bad_objects(photos_dir)
+    kinds = {"space/truncated.jpg": "corrupt", "animals/n0001/empty.jpg": "empty", "notes.jpg": "not_image"}
+    bad = {key: made[key.rsplit("/", 1)[-1]] for key in kinds}
+    return good, bad, kinds
+
+
+def upload_dataset(bucket: str, photos_dir: Path, datasets_dir: Path) -> tuple[dict[str, bytes], dict[str, str]]:
+    """:func:`dataset_objects` and a non-image file under ``s3://bucket/raw``: (good key -> bytes, bad key -> kind)."""
+    good, bad, kinds = dataset_objects(photos_dir, datasets_dir)
+    s3 = boto3.client("s3")
+    for key, data in (good | bad | {"README.txt": b"not listed: not an image extension"}).items():
+        s3.put_object(Bucket=bucket, Key=f"raw/{key}", Body=data)
+    return good, kinds
+
+
+@contextlib.contextmanager
+def preserve_order():
+    """Datasets built inside keep rows in the order the pipeline reads the files, so an order test sees the
+    per-epoch file shuffle rather than which parallel task happened to finish first."""
+    context = ray.data.DataContext.get_current()
+    saved, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order = saved
+
+
+def epoch_sources(ds, good: dict[str, bytes], crop_size: int) -> list[str]:
+    """Iterate one epoch as a trainer does; the source image of every crop, in order."""
+    images = {key: decoded_uint8(data) for key, data in good.items()}
+    sources = []
+    for batch in ds.iter_torch_batches(batch_size=4):
+        assert list(batch) == ["gt"]
+        gt = batch["gt"]
+        assert gt.dtype == torch.uint8 and tuple(gt.shape[1:]) == (3, crop_size, crop_size)
+        for crop in gt.numpy():
+            found = [key for key, image in images.items() if locate(crop, image) is not None]
+            assert len(found) == 1, f"a crop matches {found}"
+            sources.append(found[0])
+    return sources
+
+
+def test_ingest_from_s3_two_epochs(s3_server, s3_bucket, ray_cluster, photos_dir, datasets_dir):
+    # s3_server before ray_cluster: a cluster started here inherits the AWS variables. Ray workers read S3
+    # with their own environment's credentials (pyarrow does not ship the driver's with the filesystem).
+    good, bad = upload_dataset(s3_bucket, photos_dir, datasets_dir)
+    counter = f"skips-{uuid.uuid4().hex[:8]}"
+    assert count_skips(counter) == {"counts": {}, "total": 0, "examples": {}}  # no such actor yet
+    with preserve_order():
+        ds = build_train_dataset(f"s3://{s3_bucket}/raw", crop_size=48, skip_counter_name=counter)
+    expected_skips = {
+        "counts": {"corrupt": 1, "empty": 1, "not_image": 1},
+        "total": 3,
+        "examples": {kind: [key] for key, kind in bad.items()},
+    }
+
+    first = epoch_sources(ds, good, 48)
+    assert sorted(first) == sorted(good)  # each good image exactly once: one crop per image per epoch
+    assert first != sorted(good), "the files were read in listing order"
+    assert count_skips(counter) == expected_skips
+
+    second = epoch_sources(ds, good, 48)
+    assert sorted(second) == sorted(good)
+    assert second != first, "the second epoch came in the same order"
+    assert count_skips(counter) == expected_skips  # the same bad objects again: still three
+
+
+def test_batches_of_only_bad_objects_flow_through(s3_server, s3_bucket, ray_cluster, photos_dir, datasets_dir):
+    """decode_batch_size=1 makes every bad object a batch of its own: empty (K = 0) blocks must not break
+    the dataset's schema, and a prefix whose images are all bad gives an empty epoch, not an error."""
+    good, _ = upload_dataset(s3_bucket, photos_dir, datasets_dir)
+    counter = f"skips-{uuid.uuid4().hex[:8]}"
+    ds = build_train_dataset(f"s3://{s3_bucket}/raw/space", crop_size=40, skip_counter_name=counter, decode_batch_size=1)
+    assert sorted(epoch_sources(ds, good, 40)) == ["space/deep/ihc.Png", "space/rocket.JPEG"]
+    assert count_skips(counter)["examples"] == {"corrupt": ["truncated.jpg"]}  # keys relative to the dataset's URI
+
+    only_bad = build_train_dataset(f"s3://{s3_bucket}/raw/space/truncated.jpg", crop_size=40, skip_counter_name=counter)
+    assert only_bad.count() == 0
+    assert count_skips(counter)["total"] == 1  # the same object again
+
+
+def test_seed_replays_the_epoch_orders_from_a_local_tree(tmp_path, ray_cluster, photos_dir, datasets_dir):
+    good, bad, _ = dataset_objects(photos_dir, datasets_dir)
+    for key, data in (good | bad).items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(data)
+    orders = []
+    for _ in range(2):  # two datasets with the same seed: the same sequence of epoch orders
+        with preserve_order():
+            ds = build_train_dataset(str(tmp_path), crop_size=32, seed=7, skip_counter_name=f"skips-{uuid.uuid4().hex[:8]}")
+        orders.append([epoch_sources(ds, good, 32) for _ in range(2)])
+    assert orders[0] == orders[1]
+    assert orders[0][0] != orders[0][1]  # still a new order at every epoch
+    assert sorted(orders[0][0]) == sorted(good)
