@@ -85,7 +85,7 @@ class TrainConfig:
     val_every: int = 1000
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3  # best K by validation PSNR
-    bf16: bool = False  # bf16 autocast (CUDA only)
+    bf16: bool = False  # bf16 autocast for the forward pass (meant for CUDA; also runs on CPU)
     channels_last: bool = False
     ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 keeps an EMA of net_g used for validation and export
     seed: int = 0

@@ -103,3 +103,15 @@ def test_validate_and_grid(datasets_dir):
 
 def test_comparison_grid_none_without_samples(datasets_dir):
     assert comparison_grid([], str(datasets_dir / "Set5"), scale=4, use_degrade=False) is None
+
+
+def test_bf16_autocast_and_channels_last_step_runs_and_learns():
+    """The bf16/channels_last options take the same code path on any device (CPU autocast here)."""
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"num_blocks": 1, "num_features": 16, "bicubic_skip": True}, "optim": {"lr": 1e-3},
+                            "data": {"crop_size": 32}, "train": {"bf16": True, "channels_last": True}})
+    net = SRResNet(num_blocks=1, num_features=16, bicubic_skip=True).to(memory_format=torch.channels_last)
+    opt = make_optimizer(net, cfg.optim)
+    batch = _crops()
+    losses = [srresnet_step(net, opt, batch, config=cfg)["loss"] for _ in range(30)]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]

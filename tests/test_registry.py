@@ -1,0 +1,55 @@
+"""The MLflow registry on a real SQLite store: versions, the champion alias, downloads without pickles."""
+
+from __future__ import annotations
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from srgan.checkpoint import load_generator, save_generator
+from srgan.models import SRResNet
+from srgan.registry import register_generator
+from srgan.tracking import MetricLogger, open_run, resolve_tracking_uri
+
+
+def test_champion_moves_only_when_better(tmp_path):
+    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id, resumed = open_run(uri, experiment="exp", run_key="k1", run_name="r1")
+    assert not resumed
+    nets = {}
+    for step, psnr in ((10, 30.0), (20, 29.0), (30, 31.0)):
+        torch.manual_seed(step)
+        nets[step] = SRResNet(num_blocks=1, num_features=4)
+        ckpt = save_generator(tmp_path / f"ck{step}", nets[step])
+        reg = register_generator(uri, run_id=run_id, checkpoint_dir=ckpt, step=step, name="gen", metric_name="val_psnr_y", metric_value=psnr)
+        assert reg.uri == f"models:/gen/{reg.version}"
+        assert reg.champion == (psnr != 29.0)
+    client = MlflowClient(uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias("gen", "champion").version) == "3"
+    # Each version keeps its own files: version 1 still loads the step-10 weights.
+    loaded, _ = load_generator("models:/gen/1", tracking_uri=uri)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), nets[10].state_dict().values()))
+    champion, _ = load_generator("models:/gen@champion", tracking_uri=uri)
+    assert all(torch.equal(a, b) for a, b in zip(champion.state_dict().values(), nets[30].state_dict().values()))
+    files = sorted(a.path for a in client.list_artifacts(run_id, "generator/step_10"))
+    assert files == ["generator/step_10/checkpoint.json", "generator/step_10/generator.safetensors"]
+
+
+def test_same_run_key_resumes_and_steps_are_not_repeated(tmp_path):
+    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id, _ = open_run(uri, experiment="exp", run_key="same", run_name="r")
+    MetricLogger(uri, run_id).log({"loss": 1.0}, step=5)
+    again, resumed = open_run(uri, experiment="exp", run_key="same", run_name="r")
+    assert resumed and again == run_id
+    logger = MetricLogger(uri, again)
+    logger.log({"loss": 9.0}, step=5)  # a replayed step is dropped
+    logger.log({"loss": 0.5}, step=6)
+    history = [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, "loss")]
+    assert history == [(5, 1.0), (6, 0.5)]
+    other, resumed = open_run(uri, experiment="exp", run_key="different", run_name="r")
+    assert not resumed and other != run_id
+
+
+def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
