@@ -88,6 +88,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast for the forward pass (meant for CUDA; also runs on CPU)
     channels_last: bool = False
     ema_decay: float = 0.0  # 0 = no EMA; e.g. 0.999 keeps an EMA of net_g used for validation and export
+    time_limit_min: float = 0.0  # 0 = none; else stop (validate, checkpoint) at the first log step past it
     seed: int = 0
 
     def validate(self) -> None:
@@ -102,6 +103,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.time_limit_min < 0:
+            raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     meter = _Throughput()
     meter.reset()
     last_val: dict[str, float] = {}
-    while step < config.train.steps:
+    deadline = time.monotonic() + 60 * config.train.time_limit_min if config.train.time_limit_min > 0 else None
+    out_of_time = False
+    while step < config.train.steps and not out_of_time:
         t0 = time.perf_counter()
         epoch, batch = next(batches)
         gt_u8 = batch["gt"].to(device, non_blocking=True)  # (n, 3, crop, crop) uint8
@@ -162,7 +164,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ema_update(ema, model, config.train.ema_decay)
         meter.images += gt_u8.shape[0] * world
 
-        last_step = step == config.train.steps
+        if deadline is not None and step % config.train.log_every == 0:
+            out_of_time = _all_agree(time.monotonic() > deadline, world, device)
+        last_step = step == config.train.steps or out_of_time
         if step % config.train.log_every == 0 or last_step:
             loss = _mean_over_workers(out["loss"], world, device)
             if logger is not None:
@@ -179,6 +183,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             meter.reset()
         if do_checkpoint:
             _report_checkpoint(step, model, optimizer, ema, config, loop_config["run_id"], rank, last_val)
+    if out_of_time and rank == 0:
+        print(f"[srgan] stopped at step {step}: train.time_limit_min={config.train.time_limit_min} reached (re-run to continue)", flush=True)
+
+
+def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank if it is true on any rank (so all DDP ranks stop at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _mean_over_workers(value: float, world: int, device: torch.device) -> float:
@@ -210,8 +227,11 @@ def _local_val_set(config: Config) -> tuple[str, bool]:
     """The validation set as a local directory (downloaded once if remote), and whether LR must be made."""
     from srgan.storage import fetch_to_local
 
+    from srgan.evaluation import find_pairs
+
     local = fetch_to_local(config.data.val, s3_endpoint=config.data.s3_endpoint)
     has_lr = (Path(local) / "LR_bicubic" / f"X{config.model.scale}").is_dir()
+    find_pairs(local, scale=config.model.scale, use_degrade=not has_lr)  # fail now, not at the first validation
     return str(local), not has_lr
 
 

@@ -38,7 +38,23 @@ def check_sources(config: Config) -> Config:
         raise ConfigError("--val-data is required with --data (e.g. ../shared/datasets/Set5)")
     _check_exists(data.train, "training data", data.s3_endpoint)
     _check_exists(data.val, "validation data", data.s3_endpoint)
+    # Ray workers run in other working directories: hand them absolute local paths.
+    data = dataclasses.replace(data, train=_absolute(data.train), val=_absolute(data.val))
+    if "://" not in data.val:
+        _check_val_layout(data.val, config.model.scale)
     return dataclasses.replace(config, data=data)
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
+def _check_val_layout(val_dir: str, scale: int) -> None:
+    """A local validation set must have HR/ (LR_bicubic/X<scale>/ is optional: degrade() makes LR)."""
+    from srgan.evaluation import find_pairs
+
+    has_lr = (Path(val_dir) / "LR_bicubic" / f"X{scale}").is_dir()
+    find_pairs(val_dir, scale=scale, use_degrade=not has_lr)
 
 
 def _make_demo() -> tuple[Path, Path]:

@@ -53,6 +53,7 @@ def test_overrides_do_not_mutate():
         ({"train": {"batch_size": 10}, "run": {"workers": 4}}, "divisible by run.workers"),
         ({"train": {"steps": "many"}}, "must be an integer"),
         ({"optim": {"lr": 0}}, "optim.lr must be > 0"),
+        ({"train": {"time_limit_min": -1}}, "time_limit_min must be >= 0"),
         ({"loss": {"content_layer": "relu9_9"}}, "content_layer"),
     ],
 )

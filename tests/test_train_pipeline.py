@@ -136,6 +136,7 @@ def test_train_from_s3_with_two_ddp_workers_then_resume(ray_cluster, repo_root, 
         (["--steps", "-5"], "train.steps must be a positive integer"),
         (["--data", "/no/such/dir", "--val-data", "/tmp"], "training data /no/such/dir does not exist"),
         (["--set", "train.stepz=3"], "unknown key train.stepz"),
+        (["--data", ".", "--val-data", "."], "has no HR/ folder"),
     ],
 )
 def test_bad_flags_fail_before_ray_starts(repo_root, tmp_path, args, match):
