@@ -76,22 +76,36 @@ def register_generator(tracking_uri: str, *, run_id: str, checkpoint_dir: str | 
     return Registration(name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", champion=better, previous_champion=previous)
 
 
-def download_model(uri: str, *, tracking_uri: str | None = None) -> Path:
-    """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` into a fresh local directory."""
+def _resolve_version(client, uri: str):
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the ModelVersion."""
+    ref = uri[len("models:/") :]
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    if "/" in ref:
+        name, version = ref.rsplit("/", 1)
+        return client.get_model_version(name, version)
+    raise ValueError(f"{uri} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def download_model(uri: str, *, tracking_uri: str) -> Path:
+    """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` into a fresh local directory.
+
+    The version is resolved with an explicit client (no process-wide MLflow state is changed), then
+    its source folder is downloaded.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from srgan.cli import UserError
     from srgan.tracking import resolve_tracking_uri
 
-    if tracking_uri:
-        tracking_uri = resolve_tracking_uri(tracking_uri)
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    client = _client(tracking_uri)
     dest = Path(tempfile.mkdtemp(prefix="srgan-model-"))
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
-    except MlflowException as exc:
-        where = tracking_uri or mlflow.get_tracking_uri()
-        raise UserError(f"cannot resolve {uri} in the MLflow registry at {where}: {' '.join(str(exc).split())[:300]}") from None
+        version = _resolve_version(client, uri)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=tracking_uri)
+    except (MlflowException, ValueError) as exc:
+        raise UserError(f"cannot resolve {uri} in the MLflow registry at {tracking_uri}: {' '.join(str(exc).split())[:300]}") from None
     return Path(path)

@@ -53,3 +53,14 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_unknown_registered_model_is_a_user_error(tmp_path):
+    import pytest
+
+    from srgan.cli import UserError
+
+    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    open_run(uri, experiment="exp", run_key="k", run_name="r")  # creates the store
+    with pytest.raises(UserError, match="cannot resolve models:/nope@champion"):
+        load_generator("models:/nope@champion", tracking_uri=uri)

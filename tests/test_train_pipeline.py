@@ -84,7 +84,7 @@ def test_train_from_s3_with_two_ddp_workers_then_resume(ray_cluster, repo_root, 
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "registered:  models:/srgan-generator/1  (alias @champion)" in first.stdout
 
-    client = MlflowClient(db)
+    client = MlflowClient(db, registry_uri=db)
     runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id])
     assert len(runs) == 1
     run = runs[0]
