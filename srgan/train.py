@@ -357,6 +357,8 @@ def run_training(config: Config) -> TrainSummary:
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=SELECTION_METRIC, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
+            # Ray Train otherwise re-emits each worker print() through its logger: every line twice.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     try:
