@@ -90,7 +90,8 @@ def test_bad_arguments():
 
 @pytest.mark.gpu
 def test_cuda_matches_cpu(datasets_dir):
+    cuda = torch.device("cuda")
     gt = _read(datasets_dir / "Set5" / "HR" / "baby.png")
-    assert torch.equal(degrade(gt.cuda(), 4).cpu(), degrade(gt, 4))
+    assert torch.equal(degrade(gt.to(cuda), 4).cpu(), degrade(gt, 4))
     x = gt.float() / 255
-    assert torch.allclose(degrade(x.cuda(), 4).cpu(), degrade(x, 4), atol=1e-5)
+    assert torch.allclose(degrade(x.to(cuda), 4).cpu(), degrade(x, 4), atol=1e-5)

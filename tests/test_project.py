@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import tomllib
 
 
@@ -23,11 +22,8 @@ def test_readme_opens_with_the_two_commands(repo_root):
 
 def test_ci_runs_exactly_the_readme_test_command(repo_root):
     readme = (repo_root / "README.md").read_text()
-    script = (repo_root / ".ci" / "run").read_text()
-    # .ci/run extracts the command with this awk program; run it and compare with the README block.
-    awk = re.search(r"cmd=\$\(awk '(.*?)' README.md\)", script).group(1)
-    extracted = subprocess.run(["awk", awk, "README.md"], cwd=repo_root, capture_output=True, text=True, check=True).stdout.strip()
-    assert extracted == _fenced_after(readme, "<!-- test-command -->")
+    script_lines = [line.strip() for line in (repo_root / ".ci" / "run").read_text().splitlines()]
+    assert _fenced_after(readme, "<!-- test-command -->") in script_lines
 
 
 def test_dependencies_are_pinned(repo_root):
