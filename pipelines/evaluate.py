@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.cli import UserError, run_cli  # noqa: E402
+from srgan.cli import run_cli  # noqa: E402
 from srgan.evaluation import EvalConfig, format_table, run_evaluation  # noqa: E402
 
 
@@ -42,8 +42,6 @@ def main() -> int:
         tile_size=args.tile_size,
         tracking_uri=args.tracking_uri,
     )
-    if args.tile_size < 32:
-        raise UserError(f"--tile-size must be >= 32, got {args.tile_size}")
     scores = run_evaluation(config)
     if args.json:
         for s in scores:

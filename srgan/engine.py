@@ -12,7 +12,6 @@ network from Ray Data.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -174,7 +173,3 @@ def cycle_batches(make_iterator) -> Iterator:
         if empty:
             raise RuntimeError("the training dataset produced no batches: every image was skipped or the batch is larger than the dataset")
         epoch += 1
-
-
-def images_per_second(batch_size: int, seconds: float) -> float:
-    return batch_size / seconds if seconds > 0 else math.inf

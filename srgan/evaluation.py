@@ -184,6 +184,8 @@ class EvalConfig:
             raise UserError(f"--scale must be a positive integer, got {self.scale}")
         if not self.data:
             raise UserError("--data needs at least one dataset directory")
+        if self.tile_size < 32:
+            raise UserError(f"--tile-size must be >= 32, got {self.tile_size}")
 
 
 def build_model(config: EvalConfig) -> UpscaleFn:

@@ -93,13 +93,6 @@ class DecodedImage:
 # --------------------------------------------------------------------------------------- decoding
 
 
-def _png_header(data: bytes) -> tuple[int, int] | None:
-    """(bit_depth, colour_type) from a PNG's IHDR, or None if not a PNG."""
-    if len(data) < 29 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    return data[24], data[25]
-
-
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
@@ -116,8 +109,8 @@ def _png_row_layout(width: int, height: int, bit_depth: int, colour_type: int, i
     return layout
 
 
-def check_png_stream(data: bytes) -> None:
-    """Validate a PNG's structure before a native decoder sees it.
+def check_png_stream(data: bytes) -> int:
+    """Validate a PNG's structure before a native decoder sees it; returns its bit depth.
 
     Checks every chunk's CRC, that the image data inflates to exactly the size the header implies,
     and that every row's filter type is 0..4. PIL skips the data CRCs (a flipped byte decodes to
@@ -165,6 +158,7 @@ def check_png_stream(data: bytes) -> None:
         if filters.max(initial=0) > 4:
             raise ImageDecodeError(f"corrupt PNG: bad row filter type {int(filters.max())}")
         offset += rows * (1 + row_bytes)
+    return bit_depth
 
 
 def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
@@ -256,11 +250,9 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
         orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a broken EXIF block must not lose the picture
         orientation = 1
-    header = _png_header(data)
     try:
-        if img.format == "PNG":
-            check_png_stream(data)
-        if header is not None and header[0] == 16:
+        png_depth = check_png_stream(data) if img.format == "PNG" else 0
+        if png_depth == 16:
             planes, mode = _png16_to_planes(data)
             bit_depth = 16
         else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["uint8_to_unit", "unit_to_signed", "signed_to_unit", "unit_to_255"]
+__all__ = ["uint8_to_unit", "unit_to_signed", "signed_to_unit"]
 
 
 def uint8_to_unit(x: Tensor) -> Tensor:
@@ -23,8 +23,3 @@ def unit_to_signed(x: Tensor) -> Tensor:
 def signed_to_unit(x: Tensor) -> Tensor:
     """[-1, 1] -> [0, 1] (not clamped)."""
     return (x + 1.0) * 0.5
-
-
-def unit_to_255(x: Tensor) -> Tensor:
-    """[0, 1] float -> 0..255 float, clamped and rounded: what an 8-bit file of it would hold."""
-    return (x.clamp(0, 1) * 255.0).round()

@@ -16,11 +16,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["is_remote", "s3_filesystem", "resolve", "fetch_to_local"]
-
-
-def is_remote(uri: str) -> bool:
-    return "://" in str(uri) and not str(uri).startswith("file://")
+__all__ = ["s3_filesystem", "resolve", "fetch_to_local"]
 
 
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:

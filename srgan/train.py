@@ -380,11 +380,10 @@ def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dic
     logger = MetricLogger(tracking_uri, run_id)
     history = {m.step: m.value for m in logger.client.get_metric_history(run_id, "val/psnr_y")}
     bicubic = [m.value for m in logger.client.get_metric_history(run_id, "val/bicubic_psnr_y")]
-    best_psnr = best.get_metadata().get(SELECTION_METRIC) if hasattr(best, "get_metadata") else None
     with best.as_directory() as ckpt_dir:
         meta = json.loads((Path(ckpt_dir) / "checkpoint.json").read_text())
         step = meta["metadata"]["step"]
-        best_psnr = history.get(step, best_psnr)
+        best_psnr = history.get(step)  # every checkpoint step is also a validation step
         registration = register_generator(
             tracking_uri,
             run_id=run_id,
