@@ -120,6 +120,39 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, dashboard: bool = False) -> dict[str, str]:
+    """``ray start --head`` on 127.0.0.1 with every listening port chosen free, so that several test
+    sessions (or a job-submission cluster beside the session cluster) never collide on Ray's fixed
+    defaults (6379, 10001, 52365, 8265...). Returns {"address": GCS address, "dashboard": URL or ""}."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    ports = {name: _free_port() for name in (
+        "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port", "dashboard-port")}
+    args = [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+            "--object-store-memory=1000000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    args += [f"--{name}={port}" for name, port in ports.items() if name != "dashboard-port"]
+    if dashboard:
+        args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard-port']}"]
+    else:
+        args += ["--include-dashboard=false"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        stop_ray_head(temp_dir)
+        pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
+    return {
+        "address": f"127.0.0.1:{ports['port']}",
+        "dashboard": f"http://127.0.0.1:{ports['dashboard-port']}" if dashboard else "",
+    }
+
+
+def stop_ray_head(temp_dir: Path) -> None:
+    """Stop only the cluster whose processes run under ``temp_dir`` (``ray stop`` would stop every Ray
+    cluster on the machine)."""
+    subprocess.run(["pkill", "-TERM", "-f", str(temp_dir)], capture_output=True)
+    time.sleep(2)
+    subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """One real local Ray cluster for the whole test session (``ray start --head``), shared by in-process
@@ -129,29 +162,16 @@ def ray_cluster(s3_server):
     environment, as a real cluster's nodes do (instance roles or node env; never passed in code)."""
     import ray
 
-    ray_bin = Path(sys.executable).with_name("ray")
     temp_dir = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
-    port = _free_port()
     # Token auth stays on (Ray 2.60's default for local clusters); clients must say so explicitly.
-    env = {"RAY_ADDRESS": f"127.0.0.1:{port}"}
+    head = start_ray_head(temp_dir)
+    env = {"RAY_ADDRESS": head["address"]}
     saved = {k: os.environ.get(k) for k in env}
-    proc = subprocess.run(
-        [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--object-store-memory=1000000000", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
     os.environ.update(env)
     ray.init(address=env["RAY_ADDRESS"], log_to_driver=False)
     yield env["RAY_ADDRESS"]
     ray.shutdown()
-    # Stop only this session's cluster (``ray stop`` would stop every Ray cluster on the machine).
-    subprocess.run(["pkill", "-TERM", "-f", str(temp_dir)], capture_output=True)
-    time.sleep(2)
-    subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], capture_output=True)
+    stop_ray_head(temp_dir)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
