@@ -50,9 +50,23 @@ def _champion_score(client, name: str, metric_name: str) -> tuple[str | None, fl
     return current.version, (float(value) if value is not None else None)
 
 
-def register_generator(tracking_uri: str, *, run_id: str, checkpoint_dir: str | Path, step: int, name: str, metric_name: str, metric_value: float | None) -> Registration:
+def register_generator(
+    tracking_uri: str,
+    *,
+    run_id: str,
+    checkpoint_dir: str | Path,
+    step: int,
+    name: str,
+    metric_name: str,
+    metric_value: float | None,
+    higher_is_better: bool = True,
+    tags: dict[str, str] | None = None,
+) -> Registration:
     """Log ``checkpoint_dir``'s generator files to the run (under ``generator/step_<step>``, so every
-    version keeps its own files) and register them as a new version of ``name``."""
+    version keeps its own files) and register them as a new version of ``name``.
+
+    The ``champion`` alias moves to the new version only if its ``metric_name`` beats the current
+    champion's (higher or lower, per ``higher_is_better``); ``tags`` are added to the version."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -67,10 +81,11 @@ def register_generator(tracking_uri: str, *, run_id: str, checkpoint_dir: str | 
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}/step_{step}"
-    tags = {"step": str(step), **({metric_name: f"{metric_value:.6f}"} if metric_value is not None else {})}
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    version_tags = {"step": str(step), **(tags or {}), **({metric_name: f"{metric_value:.6f}"} if metric_value is not None else {})}
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
     previous, previous_score = _champion_score(client, name, metric_name)
-    better = previous is None or (metric_value is not None and (previous_score is None or metric_value > previous_score))
+    beats = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
+    better = previous is None or (metric_value is not None and (previous_score is None or beats(metric_value, previous_score)))
     if better:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     return Registration(name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", champion=better, previous_champion=previous)
