@@ -18,7 +18,7 @@ from pathlib import Path
 
 from srgan.checkpoint import META_FILE, WEIGHTS_FILE
 
-__all__ = ["Registration", "register_generator", "download_model", "CHAMPION", "ARTIFACT_PATH"]
+__all__ = ["Registration", "register_generator", "download_model", "pin_model_uri", "CHAMPION", "ARTIFACT_PATH"]
 
 CHAMPION = "champion"
 ARTIFACT_PATH = "generator"
@@ -101,6 +101,13 @@ def _resolve_version(client, uri: str):
         name, version = ref.rsplit("/", 1)
         return client.get_model_version(name, version)
     raise ValueError(f"{uri} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def pin_model_uri(uri: str, *, tracking_uri: str) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION`` (the version the alias points at now), so that
+    a run records exactly which version it started from; ``models:/NAME/VERSION`` is returned as is."""
+    version = _resolve_version(_client(tracking_uri), uri)
+    return f"models:/{version.name}/{version.version}"
 
 
 def download_model(uri: str, *, tracking_uri: str) -> Path:
