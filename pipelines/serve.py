@@ -1,0 +1,76 @@
+"""Serve the generator over HTTP with Ray Serve until interrupted (Ctrl-C).
+
+    python pipelines/serve.py                                   # models:/srgan-generator@champion
+    python pipelines/serve.py --model runs/demo/checkpoint_000001 --port 8000
+    python pipelines/serve.py --model models:/srgan-generator@champion --min-replicas 1 --max-replicas 4 --gpu
+
+    curl --data-binary @photo.png -o photo_x4.png http://127.0.0.1:8000/v1/upscale
+
+Joins the Ray cluster at RAY_ADDRESS if set, else starts a local one. For a cluster deployment use
+`serve deploy infra/serve_config.yaml` (same application, same options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from srgan.cli import run_cli, setup_logging  # noqa: E402
+from srgan.inference import DEFAULT_MODEL  # noqa: E402
+from srgan.serving import check_options, run_server  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory/URI or models:/NAME@ALIAS (default {DEFAULT_MODEL})")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
+    p.add_argument("--min-replicas", type=int, default=None, help="autoscale between --min-replicas and --max-replicas")
+    p.add_argument("--max-replicas", type=int, default=None)
+    p.add_argument("--target-ongoing-requests", type=float, default=2.0, help="autoscaling target per replica")
+    p.add_argument("--max-ongoing-requests", type=int, default=32, help="requests a replica takes at once")
+    p.add_argument("--gpu", action="store_true", help="one GPU per replica")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica (fractions allowed)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="small requests per batch (1: no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
+    p.add_argument("--refresh-interval", type=float, default=30.0, help="seconds between checks of a registry alias (0: never)")
+    p.add_argument("--max-mb", type=float, default=20.0, help="largest request body, in MB")
+    p.add_argument("--max-megapixels", type=float, default=16.0, help="largest input image, in megapixels")
+    p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads per replica (0: Ray's default)")
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
+    setup_logging()
+    options = check_options({
+        "model": args.model,
+        "tracking_uri": args.tracking_uri,
+        "refresh_interval_s": args.refresh_interval,
+        "max_bytes": int(args.max_mb * 1024 * 1024),
+        "max_pixels": int(args.max_megapixels * 1_000_000),
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+        "tile_size": args.tile_size,
+        "batch_max_side": args.tile_size,
+        "torch_threads": args.torch_threads,
+        "num_replicas": args.replicas,
+        "min_replicas": args.min_replicas,
+        "max_replicas": args.max_replicas,
+        "target_ongoing_requests": args.target_ongoing_requests,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        "num_cpus": args.num_cpus,
+        "num_gpus": 1.0 if args.gpu else 0.0,
+    })
+    run_server(options, host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,527 @@
+"""The online endpoint (a Ray edge): a Ray Serve deployment with a FastAPI ingress around the Upscaler.
+
+    POST /v1/upscale     raw image bytes (PNG, JPEG, WebP, BMP) or multipart/form-data with a ``file`` field
+                         -> the upscaled image; ``?format=png|jpeg|webp`` (default: the input's),
+                         ``?quality=1..100`` for the lossy formats. Headers X-Input-Size, X-Output-Size
+                         (WIDTHxHEIGHT), X-Model-Name, X-Model-Version, X-Batch-Size.
+    GET  /healthz        200 once a model is loaded
+    GET  /v1/models      name, version, scale and source of the loaded model
+    GET  /docs           FastAPI's OpenAPI page
+
+Inside a replica:
+- The generator is loaded once (:class:`~srgan.inference.Upscaler`, the class the bulk job uses too).
+- Small inputs (both sides <= ``batch_max_side``) wait up to ``batch_wait_timeout_s`` in a
+  ``@serve.batch`` queue; each batch is split by image size and every size group is one forward pass,
+  so only same-size images share a pass. Larger inputs skip the queue and go through the Upscaler's
+  tiling on their own. One forward pass runs at a time per replica: concurrent passes would only
+  contend for the same cores or GPU.
+- Decoding, inference and encoding run in worker threads so the event loop keeps accepting requests
+  (which then join the next batch).
+- Limits: the body is capped while it streams (Serve's proxy has no request-size limit), then
+  :func:`~srgan.imageio.decode_image` checks the pixel count from the header. A client's mistake
+  gets a 4xx with ``{"error": "<one line>"}``, never a 500.
+- Model updates without downtime: the model reference lives in the deployment's ``user_config``.
+  Changing it (``serve deploy`` with a new ``user_config.model``) calls :meth:`UpscaleService.reconfigure`
+  on the running replicas; a registry alias (``models:/NAME@ALIAS``) is also polled every
+  ``refresh_interval_s`` seconds. Either way the new weights load in a background thread while the
+  old ones keep serving, then the replica swaps them in one assignment.
+
+Build the application with :func:`build_app` (the import path ``srgan.serving:build_app`` of
+``infra/serve_config.yaml``); :func:`run_server` is what ``pipelines/serve.py`` calls.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route signatures of the Serve
+# ingress class at run time, and postponed (string) annotations there break its OpenAPI schema.
+import asyncio
+import logging
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from srgan.cli import UserError
+from srgan.imageio import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
+from srgan.inference import DEFAULT_MODEL, ModelSource, Upscaler, UpscalerOptions, resolve_model_source
+
+__all__ = ["ServeOptions", "ModelConfig", "UpscaleService", "build_app", "run_server", "APP_NAME", "DEPLOYMENT_NAME"]
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "srgan"
+DEPLOYMENT_NAME = "UpscaleService"
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Room for the multipart envelope (boundaries, part headers) around a file of the maximum size.
+MULTIPART_OVERHEAD = 64 * 1024
+# ImageError.kind -> HTTP status.
+STATUS_FOR_KIND = {"too_large": 413, "unsupported": 415, "corrupt": 400}
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The part of the configuration that can change on live replicas (the deployment's ``user_config``)."""
+
+    model: str = DEFAULT_MODEL
+    tracking_uri: str | None = None
+    refresh_interval_s: float = 30.0  # how often a registry alias is re-resolved; 0 = never
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a checkpoint directory/URI or models:/NAME@ALIAS")
+        if not isinstance(self.refresh_interval_s, (int, float)) or self.refresh_interval_s < 0:
+            raise ValueError(f"refresh_interval_s must be a number >= 0, got {self.refresh_interval_s!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "ModelConfig":
+        return _from_dict(cls, values or {}, "user_config")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything :func:`build_app` takes (its ``args``), validated up front.
+
+    ``model``/``tracking_uri``/``refresh_interval_s`` become the deployment's ``user_config``; limits,
+    batching and inference settings go to each replica; the rest are Serve deployment options.
+    """
+
+    # model (user_config: updatable without restarting replicas)
+    model: str = DEFAULT_MODEL
+    tracking_uri: str | None = None
+    refresh_interval_s: float = 30.0
+    # limits
+    max_bytes: int = ImageLimits.max_bytes
+    max_pixels: int = ImageLimits.max_pixels
+    # batching and inference
+    max_batch_size: int = 8  # requests per @serve.batch call; 1 disables batching
+    batch_wait_timeout_s: float = 0.01
+    batch_max_side: int = 256  # inputs with both sides <= this are batched; larger ones are tiled alone
+    tile_size: int = 256
+    device: str = "auto"
+    precision: str = "fp32"
+    torch_threads: int = 0  # intra-op threads per replica; 0 = Ray's default (its num_cpus, at least 1)
+    quality: int = 90  # lossy output quality when the request gives none
+    # deployment
+    num_replicas: int = 1
+    min_replicas: int | None = None  # set min/max replicas to autoscale instead of a fixed count
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    max_ongoing_requests: int = 32
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        ModelConfig(self.model, self.tracking_uri, self.refresh_interval_s)
+        positive = ("max_bytes", "max_pixels", "max_batch_size", "batch_max_side", "num_replicas", "max_ongoing_requests")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.batch_wait_timeout_s < 0 or self.num_cpus < 0 or self.num_gpus < 0 or self.torch_threads < 0:
+            raise ValueError("batch_wait_timeout_s, num_cpus, num_gpus and torch_threads must be >= 0")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+        if self.target_ongoing_requests <= 0:
+            raise ValueError(f"target_ongoing_requests must be > 0, got {self.target_ongoing_requests}")
+        if self.replica_range is not None:
+            low, high = self.replica_range
+            if self.num_replicas != 1:
+                raise ValueError("give either num_replicas or min_replicas/max_replicas (autoscaling), not both")
+            if low < 0 or high < 1 or low > high:
+                raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got {low} and {high}")
+        UpscalerOptions(device=self.device, precision=self.precision, tile_size=self.tile_size, max_batch=self.max_batch_size)
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any] | None) -> "ServeOptions":
+        """From the application's ``args`` (the YAML ``args:`` block or the CLI); unknown keys are refused."""
+        return _from_dict(cls, args or {}, "args")
+
+    @property
+    def replica_range(self) -> tuple[int, int] | None:
+        """(min, max) replicas when autoscaling (either bound given; min defaults to 1), else None."""
+        if self.min_replicas is None and self.max_replicas is None:
+            return None
+        low = 1 if self.min_replicas is None else self.min_replicas
+        return low, max(1, low) if self.max_replicas is None else self.max_replicas
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(self.model, self.tracking_uri, self.refresh_interval_s)
+
+    def upscaler_options(self) -> UpscalerOptions:
+        return UpscalerOptions(device=self.device, precision=self.precision, tile_size=self.tile_size, max_batch=self.max_batch_size)
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "user_config": asdict(self.model_config),
+        }
+        if self.replica_range is not None:
+            low, high = self.replica_range
+            opts["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+def _from_dict(cls, values: dict[str, Any], what: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a value of the wrong type compared with a number
+        raise ValueError(f"bad {what}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+class ClientError(Exception):
+    """A client's mistake: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+app = FastAPI(
+    title="srgan-ray upscaler",
+    description="SRResNet/SRGAN x4 super-resolution (Ledig et al. 2017) served by Ray Serve.",
+    version="1",
+)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    return _error(400, f"bad parameter {where}: {first.get('msg', 'invalid value')}")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, exc.detail)
+
+
+# ------------------------------------------------------------------------------------------ request body
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes: by Content-Length before reading, then while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ClientError(400, f"bad Content-Length header {declared!r}")
+        if int(declared) > limit:
+            raise ClientError(413, f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked uploads carry no Content-Length: stop reading here
+            raise ClientError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_file(request: Request, body: bytes) -> bytes:
+    """The ``file`` field of a multipart/form-data body that has already been read (and capped)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive=replay).form(max_files=1, max_fields=16)
+    except Exception as exc:  # starlette's MultiPartException, malformed boundaries, ...
+        raise ClientError(400, f"bad multipart/form-data body: {exc}") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ClientError(400, "multipart/form-data body has no 'file' field holding the image")
+    return await upload.read()
+
+
+async def read_image_bytes(request: Request, limits: ImageLimits) -> bytes:
+    """Raw image bytes from the body, or from the ``file`` field of a multipart/form-data body."""
+    multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+    body = await _read_capped(request, limits.max_bytes + (MULTIPART_OVERHEAD if multipart else 0))
+    data = await _multipart_file(request, body) if multipart else body
+    if not data:
+        raise ClientError(400, "empty request body: send the image bytes, or multipart/form-data with a 'file' field")
+    return data
+
+
+def _check_params(fmt: str | None, quality: int | None) -> str | None:
+    """Validate the query before the body is read; returns the output format asked for, if any."""
+    if quality is not None and not 1 <= quality <= 100:
+        raise ClientError(400, f"quality must be in 1..100, got {quality}")
+    if fmt is None:
+        return None
+    if fmt.lower() not in OUTPUT_FORMATS:
+        raise ClientError(400, f"format must be png, jpeg or webp, got {fmt!r}")
+    return OUTPUT_FORMATS[fmt.lower()]
+
+
+def _size(image: DecodedImage) -> str:
+    width, height = image.size
+    return f"{width}x{height}"
+
+
+# ------------------------------------------------------------------------------------------ deployment
+
+
+@dataclass
+class _Stats:
+    """Per-replica counters (shown by /v1/models): how much batching actually happens."""
+
+    requests: int = 0
+    batches: int = 0
+    batched_images: int = 0
+    largest_batch: int = 0
+    tiled_alone: int = 0
+    reloads: int = 0
+    started: float = field(default_factory=time.time)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=32)
+@serve.ingress(app)
+class UpscaleService:
+    """One replica: one loaded generator, a batch queue for small inputs, tiling for large ones."""
+
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.limits = options.limits
+        if options.torch_threads:
+            import torch
+
+            torch.set_num_threads(options.torch_threads)
+        self.stats = _Stats()
+        self._infer_lock = threading.Lock()  # one forward pass at a time per replica
+        self._swap_lock = asyncio.Lock()
+        self._refresher: asyncio.Task | None = None
+        self.config = options.model_config
+        self.upscaler = self._load(self.config)  # before the first request: a replica is ready when loaded
+        self._upscale_batch.set_max_batch_size(options.max_batch_size)
+        self._upscale_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+
+    # -------------------------------------------------------------------------------- model updates
+
+    def _load(self, config: ModelConfig, source: ModelSource | None = None) -> Upscaler:
+        source = source or resolve_model_source(config.model, tracking_uri=config.tracking_uri)
+        upscaler = Upscaler.from_source(source, options=self.options.upscaler_options())
+        log.info("loaded %s (version %s) from %s", source.name, upscaler.version, source.uri)
+        return upscaler
+
+    async def _swap(self, config: ModelConfig, source: ModelSource | None = None) -> None:
+        """Load in a thread while the current model keeps serving, then swap in one assignment."""
+        async with self._swap_lock:
+            upscaler = await asyncio.to_thread(self._load, config, source)
+            self.upscaler, self.config = upscaler, config
+            self.stats.reloads += 1
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this at start and whenever ``user_config`` changes (no replica restart)."""
+        config = ModelConfig.from_dict(user_config)
+        if (config.model, config.tracking_uri) != (self.config.model, self.config.tracking_uri):
+            await self._swap(config)
+        else:
+            self.config = config  # only the refresh interval changed
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._follow_alias())
+
+    async def _follow_alias(self) -> None:
+        """Re-resolve a registry alias periodically; load the new version when it moves."""
+        while True:
+            interval = self.config.refresh_interval_s
+            await asyncio.sleep(interval or 5.0)
+            current = self.upscaler.source
+            if not interval or current is None or not current.is_alias:
+                continue
+            config = self.config
+            try:
+                source = await asyncio.to_thread(resolve_model_source, config.model, tracking_uri=config.tracking_uri)
+                if source.uri != self.upscaler.source.uri:
+                    log.info("%s moved to %s: loading it", config.model, source.uri)
+                    await self._swap(config, source)
+            except Exception:  # noqa: BLE001 - a registry hiccup must not stop serving the current model
+                log.exception("could not refresh %s; still serving %s", config.model, current.uri)
+
+    # -------------------------------------------------------------------------------- inference
+
+    def _run_groups(self, upscaler: Upscaler, images: list[DecodedImage]) -> list[tuple[DecodedImage, int]]:
+        """Upscale a batch, one forward pass per image size: [(result, images in its pass)]."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(i)
+        results: list[tuple[DecodedImage, int] | None] = [None] * len(images)
+        with self._infer_lock:
+            for indices in by_size.values():
+                outputs = upscaler.upscale_images([images[i] for i in indices])
+                for i, out in zip(indices, outputs):
+                    results[i] = (out, len(indices))
+        self.stats.batches += len(by_size)
+        self.stats.batched_images += len(images)
+        self.stats.largest_batch = max([self.stats.largest_batch, *map(len, by_size.values())])
+        return [r for r in results if r is not None]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _upscale_batch(self, images: list[DecodedImage]) -> list[tuple[DecodedImage, int, Upscaler]]:
+        upscaler = self.upscaler  # one model for the whole batch, even if a swap happens meanwhile
+        done = await asyncio.to_thread(self._run_groups, upscaler, images)
+        return [(out, group, upscaler) for out, group in done]
+
+    def _run_alone(self, upscaler: Upscaler, image: DecodedImage) -> DecodedImage:
+        with self._infer_lock:
+            return upscaler.upscale_image(image)
+
+    async def _upscale(self, image: DecodedImage) -> tuple[DecodedImage, int, Upscaler]:
+        width, height = image.size
+        if max(width, height) <= self.options.batch_max_side:
+            return await self._upscale_batch(image)
+        upscaler = self.upscaler
+        self.stats.tiled_alone += 1
+        return await asyncio.to_thread(self._run_alone, upscaler, image), 1, upscaler
+
+    # -------------------------------------------------------------------------------- routes
+
+    @app.post("/v1/upscale", response_class=Response, summary="Upscale one image")
+    async def upscale(
+        self,
+        request: Request,
+        format: str | None = Query(None, description="png, jpeg or webp; default: the input's format"),  # noqa: A002
+        quality: int | None = Query(None, description="1..100, for jpeg and webp output"),
+    ) -> Response:
+        self.stats.requests += 1
+        try:
+            fmt = _check_params(format, quality)
+            data = await read_image_bytes(request, self.limits)
+            image = await asyncio.to_thread(decode_image, data, limits=self.limits)
+        except ClientError as exc:
+            return _error(exc.status, str(exc))
+        except ImageError as exc:
+            return _error(STATUS_FOR_KIND.get(exc.kind, 400), str(exc))
+        fmt = fmt or OUTPUT_FORMATS.get(image.format.lower(), "png")  # the input's format; BMP -> PNG
+        result, group, upscaler = await self._upscale(image)
+        body = await asyncio.to_thread(encode_image, result, fmt, quality=quality or self.options.quality)
+        headers = {
+            "X-Input-Size": _size(image),
+            "X-Output-Size": _size(result),
+            "X-Model-Name": upscaler.source.name if upscaler.source else "",
+            "X-Model-Version": upscaler.version,
+            "X-Batch-Size": str(group),
+        }
+        return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+    @app.get("/healthz", summary="Liveness: 200 once the model is loaded")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "model_version": self.upscaler.version}
+
+    @app.get("/v1/models", summary="The loaded model")
+    async def models(self) -> dict[str, Any]:
+        upscaler, source = self.upscaler, self.upscaler.source
+        return {
+            "models": [
+                {
+                    "name": source.name if source else "",
+                    "version": upscaler.version,
+                    "scale": upscaler.scale,
+                    "source": source.requested if source else "",
+                    "resolved": source.uri if source else "",
+                }
+            ],
+            "replica_stats": asdict(self.stats),
+        }
+
+
+# ------------------------------------------------------------------------------------------ builder, runner
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Serve application builder (``srgan.serving:build_app``): ``args`` are :class:`ServeOptions` fields.
+
+    Deployment options given in a Serve config's ``deployments:`` section override those set here.
+    """
+    options = ServeOptions.from_args(args)
+    return UpscaleService.options(**options.deployment_options()).bind(options)
+
+
+def _portable(options: ServeOptions, source: ModelSource) -> ServeOptions:
+    """Options that mean the same in a replica's working directory: absolute paths, the store's absolute URI."""
+    if source.is_alias or source.requested.startswith("models:/"):
+        return replace(options, tracking_uri=source.tracking_uri)
+    return replace(options, model=source.uri)
+
+
+def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, report=print) -> None:
+    """Deploy on Ray Serve (the cluster at RAY_ADDRESS, else a local one) and block until interrupted.
+
+    The model is checked before Ray starts, so a missing or unregistered model is a one-line error.
+    On Ctrl-C or SIGTERM the application is deleted (and Serve shut down if this call started it).
+    """
+    from srgan.train import _ray_init  # RAY: the project's one way to join or start a cluster
+
+    source = resolve_model_source(options.model, tracking_uri=options.tracking_uri)
+    options = _portable(options, source)
+    _ray_init()
+    already_running = _serve_is_running()
+    serve.start(http_options={"host": host, "port": port})
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        serve.run(build_app(asdict(options)), name=APP_NAME, route_prefix="/")
+        report(f"serving {source.requested} ({source.uri}) at http://{host}:{port}/v1/upscale  (API docs: http://{host}:{port}/docs)")
+        report("press Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        report("stopping")
+    finally:
+        if already_running:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def _serve_is_running() -> bool:
+    """True if a Serve controller already runs on the connected cluster (then we leave it running)."""
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    except ValueError:
+        return False
+    return True
+
+
+def check_options(args: dict[str, Any]) -> ServeOptions:
+    """:meth:`ServeOptions.from_args` with errors as :class:`UserError` (for CLIs)."""
+    try:
+        return ServeOptions.from_args(args)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,383 @@
+"""The Serve endpoint over real HTTP on 127.0.0.1, on the session's Ray cluster.
+
+``pipelines/serve.py`` runs as a subprocess (as a user runs it) against RAY_ADDRESS, with a small
+checkpoint and fractional CPUs per replica; responses are compared with direct Upscaler calls in this
+process. A second application follows a model registered in MLflow (SQLite) through its alias while
+requests keep flowing. The last test interrupts the CLI and checks it stops cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import _free_port, load_photo
+from srgan.checkpoint import save_generator
+from srgan.imageio import decode_image, encode_image
+from srgan.inference import Upscaler, UpscalerOptions, weights_digest
+from srgan.models import GeneratorConfig, build_generator
+
+LIMIT = 20 * 1024 * 1024  # the default body limit
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _generator(seed: int):
+    """A small generator with non-trivial weights and BN statistics (so its output depends on them)."""
+    torch.manual_seed(seed)
+    net = build_generator(GeneratorConfig(num_blocks=2, num_features=16))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _encode(arr: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    """Decoded response/reference bytes as uint8-scale integers (16-bit scaled to 8)."""
+    img = decode_image(data)
+    planes = img.rgb if img.alpha is None else torch.cat([img.rgb, img.alpha])
+    return (planes * 255).round().to(torch.int32).numpy()
+
+
+def _direct(upscaler: Upscaler, data: bytes, fmt: str = "png") -> bytes:
+    return encode_image(upscaler.upscale_image(decode_image(data)), fmt)
+
+
+def _assert_json_error(resp: httpx.Response, status: int) -> None:
+    assert resp.status_code == status, (resp.status_code, resp.text[:300])
+    body = resp.json()
+    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"], body
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log_path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve.py exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the endpoint did not become healthy:\n{log_path.read_text()[-4000:]}")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_generator(tmp_path_factory.mktemp("serve-ckpt") / "small", _generator(seed=0))
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint) -> Upscaler:
+    """The direct in-process call the endpoint must agree with (same tile size as the server)."""
+    return Upscaler.from_checkpoint(checkpoint, options=UpscalerOptions(tile_size=256, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, repo_root, checkpoint, tmp_path_factory):
+    """``pipelines/serve.py`` on a free port of 127.0.0.1; yields (base URL, process)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", str(checkpoint), "--port", str(port),
+             "--num-cpus", "0.25", "--batch-wait-ms", "300", "--refresh-interval", "0"],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("serve-cwd"),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log_path)
+        yield url, proc, log_path
+    finally:
+        from ray import serve
+
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        serve.shutdown()  # frees the replicas' CPUs for the Ray Train tests that share the cluster
+
+
+@pytest.fixture()
+def http(server):
+    with httpx.Client(base_url=server[0], timeout=120) as client:
+        yield client
+
+
+# ------------------------------------------------------------------------------------------ CLI errors (no Ray)
+
+
+def test_default_model_without_registry_is_a_clear_error(repo_root, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([sys.executable, str(repo_root / "pipelines" / "serve.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load models:/srgan-generator@champion"), proc.stderr
+    assert "pipelines/train.py" in lines[0] and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--model", "/no/such/checkpoint"], "is not a generator checkpoint"),
+    (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas <= max_replicas"),
+])
+def test_bad_serve_flags_are_one_line_errors(repo_root, tmp_path, checkpoint, args, match):
+    argv = ["--model", str(checkpoint), *args] if args[0] != "--model" else args
+    proc = subprocess.run([sys.executable, str(repo_root / "pipelines" / "serve.py"), *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ the endpoint
+
+
+def test_health_and_models(http, checkpoint, reference):
+    health = http.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    (model,) = http.get("/v1/models").json()["models"]
+    assert model["name"] == "small" and model["scale"] == 4
+    assert model["version"] == weights_digest(reference.net_g) and model["source"] == str(checkpoint)
+    assert http.get("/docs").status_code == 200 and "/v1/upscale" in http.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("photo,crop", [("chelsea.png", (slice(60, 160), slice(0, 300))), ("coffee.png", (slice(100, 164), slice(200, 296)))],
+                         ids=["tiled-300x100", "batched-96x64"])
+def test_real_photo_comes_back_4x_equal_to_direct_call(http, reference, photo, crop):
+    """Wider than batch_max_side (256): tiled on its own; smaller: through the batch queue."""
+    arr = np.ascontiguousarray(load_photo(photo)[crop])
+    data = _encode(arr)
+    resp = http.post("/v1/upscale", content=data, headers={"Content-Type": "image/png"})
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.headers["content-type"] == "image/png"
+    height, width = arr.shape[:2]
+    assert resp.headers["x-input-size"] == f"{width}x{height}"
+    assert resp.headers["x-output-size"] == f"{4 * width}x{4 * height}"
+    assert resp.headers["x-model-version"] == reference.version
+    got, want = _pixels(resp.content), _pixels(_direct(reference, data))
+    assert got.shape == (3, 4 * height, 4 * width)
+    assert np.abs(got - want).max() <= 1
+    # The same bytes as a multipart/form-data upload give the same image.
+    multipart = http.post("/v1/upscale", files={"file": ("photo.png", data, "image/png")})
+    assert multipart.status_code == 200 and np.abs(_pixels(multipart.content) - got).max() == 0
+
+
+def test_output_format_and_quality(http):
+    data = _encode(load_photo("astronaut.png")[:48, :40])  # PNG in
+    assert http.post("/v1/upscale", content=data).headers["content-type"] == "image/png"  # default: the input's
+    jpeg_in = _encode(load_photo("astronaut.png")[:48, :40], "JPEG", quality=95)
+    assert http.post("/v1/upscale", content=jpeg_in).headers["content-type"] == "image/jpeg"
+    sizes = {}
+    for quality in (10, 95):
+        resp = http.post("/v1/upscale", params={"format": "webp", "quality": quality}, content=data)
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/webp"
+        assert Image.open(io.BytesIO(resp.content)).size == (160, 192)
+        sizes[quality] = len(resp.content)
+    assert sizes[10] < sizes[95]
+
+
+def test_rgba_greyscale_and_16bit_keep_their_mode(http, reference):
+    rgb = load_photo("astronaut.png")[:40, :48]
+    alpha = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (40, 1))
+    rgba = np.dstack([rgb, alpha])
+    grey = load_photo("camera.png")[:40, :48]
+    grey16 = (grey.astype(np.uint16) * 257 + 7).astype(np.uint16)
+    cases = {
+        "RGBA": _encode(rgba),
+        "L": _encode(grey),
+        "I;16": _encode(grey16),
+    }
+    for mode, data in cases.items():
+        resp = http.post("/v1/upscale", content=data)
+        assert resp.status_code == 200, (mode, resp.text[:300])
+        out = Image.open(io.BytesIO(resp.content))
+        assert out.size == (192, 160)
+        assert out.mode == mode or (mode == "I;16" and out.mode.startswith("I")), (mode, out.mode)
+        assert decode_image(resp.content).bit_depth == (16 if mode == "I;16" else 8)
+        assert np.abs(_pixels(resp.content) - _pixels(_direct(reference, data))).max() <= 1
+
+
+def _post_concurrently(url: str, bodies: list[bytes]) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/upscale", content=b) for b in bodies))
+
+    return asyncio.run(run())
+
+
+def test_concurrent_small_requests_are_batched_by_size(server, http, reference):
+    photos = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"]
+    same = [_encode(np.ascontiguousarray(load_photo(p)[10 * i : 10 * i + 32, :32])) for i, p in enumerate(photos * 2)]
+    before = http.get("/v1/models").json()["replica_stats"]
+    responses = _post_concurrently(server[0], same)
+    assert all(r.status_code == 200 for r in responses)
+    batch_sizes = [int(r.headers["x-batch-size"]) for r in responses]
+    after = http.get("/v1/models").json()["replica_stats"]
+    assert max(batch_sizes) >= 2, batch_sizes  # requests shared forward passes
+    assert after["batched_images"] - before["batched_images"] == 8
+    assert after["batches"] - before["batches"] < 8 and after["largest_batch"] >= 2, (before, after)
+    for data, resp in zip(same, responses):  # every caller got its own image back
+        assert np.abs(_pixels(resp.content) - _pixels(_direct(reference, data))).max() <= 1
+
+    # Two sizes at once: only same-size images share a pass.
+    mixed = same[:4] + [_encode(np.ascontiguousarray(load_photo(p)[:24, :40])) for p in photos]
+    responses = _post_concurrently(server[0], mixed)
+    assert all(r.status_code == 200 for r in responses)
+    assert all(int(r.headers["x-batch-size"]) <= 4 for r in responses)
+    assert [r.headers["x-output-size"] for r in responses] == ["128x128"] * 4 + ["160x96"] * 4
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG header claiming a huge image, with a tiny data stream (a decompression bomb's shape)."""
+    def chunk(tag: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def _corrupt_png() -> bytes:
+    data = bytearray(_encode(load_photo("coffee.png")[:32, :32]))
+    data[len(data) // 2] ^= 0xFF  # inside the image data: the CRC no longer matches
+    return bytes(data)
+
+
+def _gif() -> bytes:
+    return _encode(load_photo("camera.png")[:16, :16], "GIF")
+
+
+def _chunked(total: int):
+    block = b"\0" * (1 << 20)
+    for _ in range(total // len(block) + 1):
+        yield block
+
+
+def _bad_requests() -> dict[str, tuple[dict, int]]:
+    """name -> (httpx request arguments, expected status)."""
+    return {
+        "body over 20 MB": (dict(content=b"\0" * (LIMIT + 1)), 413),
+        "chunked body over 20 MB": (dict(content=_chunked(LIMIT + 1)), 413),
+        "over 16 megapixels": (dict(content=_encode(np.zeros((3300, 5000), np.uint8))), 413),
+        "decompression bomb": (dict(content=_bomb_png(100_000, 100_000)), 413),
+        "empty body": (dict(content=b""), 400),
+        "corrupt PNG": (dict(content=_corrupt_png()), 400),
+        "truncated JPEG": (dict(content=_encode(load_photo("coffee.png"), "JPEG")[:4000]), 400),
+        "not an image": (dict(content=b"hello, this is text\n" * 10), 415),
+        "GIF": (dict(content=_gif()), 415),
+        "multipart without file": (dict(files={"image": ("a.png", b"x")}), 400),
+        "bad format": (dict(content=b"x", params={"format": "tiff"}), 400),
+        "quality not a number": (dict(content=b"x", params={"quality": "high"}), 400),
+        "quality out of range": (dict(content=b"x", params={"quality": 0}), 400),
+    }
+
+
+def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(http):
+    for name, (kwargs, status) in _bad_requests().items():
+        resp = http.post("/v1/upscale", **kwargs)
+        try:
+            _assert_json_error(resp, status)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+    _assert_json_error(http.get("/no/such/route"), 404)
+    _assert_json_error(http.get("/v1/upscale"), 405)
+    ok = http.post("/v1/upscale", content=_encode(load_photo("coffee.png")[:20, :30]))
+    assert ok.status_code == 200 and ok.headers["x-output-size"] == "120x80"
+
+
+# ------------------------------------------------------------------------------------------ registry alias
+
+
+def _register(db: str, checkpoint_dir, *, step: int, psnr: float) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from srgan.registry import register_generator
+
+    client = MlflowClient(db, registry_uri=db)
+    exp = client.get_experiment_by_name("serve-test") or client.get_experiment(client.create_experiment("serve-test"))
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    reg = register_generator(db, run_id=run_id, checkpoint_dir=checkpoint_dir, step=step, name="srgan-generator",
+                             metric_name="val_psnr_y", metric_value=psnr)
+    assert reg.champion
+    return reg.version
+
+
+def test_model_from_registry_alias_and_update_without_downtime(server, repo_root, tmp_path):
+    from ray import serve
+
+    from srgan.serving import build_app
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ckpt_v1 = save_generator(tmp_path / "v1", _generator(seed=1))
+    ckpt_v2 = save_generator(tmp_path / "v2", _generator(seed=2))
+    assert _register(db, ckpt_v1, step=1, psnr=20.0) == "1"
+
+    # Unknown names in an existing store are a one-line error too.
+    proc = subprocess.run([sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", "models:/nope@champion",
+                           "--tracking-uri", db], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "models:/nope@champion is not registered" in proc.stderr, proc.stderr
+
+    serve.run(build_app({"model": "models:/srgan-generator@champion", "tracking_uri": db, "refresh_interval_s": 0.5,
+                         "num_cpus": 0.1, "batch_wait_timeout_s": 0.0}), name="registry", route_prefix="/registry")
+    url = f"{server[0]}/registry"
+    data = _encode(np.ascontiguousarray(load_photo("chelsea.png")[:40, :56]))
+    direct = {v: Upscaler.from_checkpoint(c, options=UpscalerOptions(device="cpu")) for v, c in (("1", ckpt_v1), ("2", ckpt_v2))}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        (model,) = client.get("/v1/models").json()["models"]
+        assert (model["name"], model["version"], model["source"], model["resolved"]) == (
+            "srgan-generator", "1", "models:/srgan-generator@champion", "models:/srgan-generator/1")
+        first = client.post("/v1/upscale", content=data)
+        assert first.status_code == 200 and first.headers["x-model-version"] == "1"
+        assert np.abs(_pixels(first.content) - _pixels(_direct(direct["1"], data))).max() <= 1
+
+        # A better version moves the alias; requests keep succeeding while the replica switches.
+        assert _register(db, ckpt_v2, step=2, psnr=25.0) == "2"
+        versions, deadline = [], time.time() + 90
+        while time.time() < deadline:
+            resp = client.post("/v1/upscale", content=data)
+            assert resp.status_code == 200, resp.text[:300]
+            versions.append(resp.headers["x-model-version"])
+            if versions[-1] == "2":
+                break
+        assert versions[-1] == "2" and versions == sorted(versions), versions
+        assert np.abs(_pixels(resp.content) - _pixels(_direct(direct["2"], data))).max() <= 1
+        assert np.abs(_pixels(resp.content) - _pixels(first.content)).max() > 1  # really other weights
+        assert client.get("/v1/models").json()["models"][0]["resolved"] == "models:/srgan-generator/2"
+    serve.delete("registry")
+
+
+# ------------------------------------------------------------------------------------------ shutdown
+
+
+def test_cli_stops_cleanly_on_interrupt(server):
+    url, proc, log_path = server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
