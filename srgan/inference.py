@@ -126,7 +126,9 @@ def _checkpoint_source(uri: str) -> ModelSource:
         raise CheckpointError(f"cannot read the checkpoint {uri}: {exc}") from None
     if not found:
         raise CheckpointError(f"{uri} is not a generator checkpoint (no {META_FILE} there): pass a checkpoint directory or models:/NAME@ALIAS")
-    return ModelSource(requested=uri, uri=uri, name=Path(path).name)
+    # A local checkpoint is named by its absolute path: replicas and actors run in other directories.
+    pinned = path if isinstance(fs, pafs.LocalFileSystem) else uri
+    return ModelSource(requested=uri, uri=pinned, name=Path(path).name)
 
 
 def resolve_model_source(uri: str | os.PathLike, *, tracking_uri: str | None = None) -> ModelSource:

@@ -1,0 +1,190 @@
+"""pipelines/upscale.py end to end: a real moto S3 server on 127.0.0.1, the session's Ray cluster.
+
+The input prefix has nested folders, mixed formats (PNG, JPEG, upper-case .JPEG, WebP, BMP), one
+truncated JPEG and one image over 16 megapixels. Runs are subprocesses against RAY_ADDRESS with
+fractional CPUs per actor (the Ray Train tests share the cluster).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import boto3
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import load_photo
+from srgan.batch import ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, plan_outputs, run_bulk_upscale
+from srgan.checkpoint import save_generator
+from srgan.cli import UserError
+from srgan.data import pack_images
+from srgan.imageio import decode_image, encode_image
+from srgan.inference import Upscaler, UpscalerOptions
+from srgan.models import GeneratorConfig, build_generator
+
+# relative key -> (photo, (height, width) of the crop, PIL format)
+GOOD = {
+    "a/one.png": ("coffee.png", (40, 56), "PNG"),
+    "a/b/two.jpg": ("chelsea.png", (48, 40), "JPEG"),
+    "a/b/c/three.JPEG": ("rocket.jpg", (32, 48), "JPEG"),
+    "d/four.webp": ("astronaut.png", (44, 36), "WEBP"),
+    "five.bmp": ("motorcycle_left.png", (36, 36), "BMP"),
+    "d/e/six.png": ("camera.png", (40, 40), "PNG"),  # greyscale
+}
+BAD = {"a/b/truncated.jpg": "corrupt", "d/huge.png": "too_large"}
+OUT_EXT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".png"}  # BMP is written as PNG
+
+
+def _encode(arr: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
+
+
+def _good_bytes(photo: str, size: tuple[int, int], fmt: str, offset: int = 0) -> bytes:
+    arr = load_photo(photo)
+    return _encode(np.ascontiguousarray(arr[offset : offset + size[0], offset : offset + size[1]]), fmt)
+
+
+def _out_key(key: str) -> str:
+    return os.path.splitext(key)[0] + OUT_EXT[GOOD[key][2]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_generator(tmp_path_factory.mktemp("bulk-ckpt") / "small", build_generator(GeneratorConfig(num_blocks=2, num_features=16)))
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    """s3://<bucket>/photos: the six good images and the two bad ones; s3://<bucket>/many: 16 larger images."""
+    client = boto3.client("s3", endpoint_url=s3_server)
+    name = "bulk-upscale"
+    client.create_bucket(Bucket=name)
+    for key, spec in GOOD.items():
+        client.put_object(Bucket=name, Key=f"photos/{key}", Body=_good_bytes(*spec))
+    client.put_object(Bucket=name, Key="photos/a/b/truncated.jpg", Body=_good_bytes("coffee.png", (200, 200), "JPEG")[:3000])
+    client.put_object(Bucket=name, Key="photos/d/huge.png", Body=_encode(np.zeros((3300, 5000), np.uint8), "PNG"))  # 16.5 MP
+    for i in range(16):
+        client.put_object(Bucket=name, Key=f"many/{i % 4}/img_{i:02d}.png", Body=_good_bytes("astronaut.png", (192, 192), "PNG", offset=8 * i))
+    return client, name
+
+
+def _upscale(repo_root, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(repo_root / "pipelines" / "upscale.py"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _objects(client, bucket: str, prefix: str) -> dict[str, tuple[str, object]]:
+    """key (relative to prefix) -> (ETag, LastModified) of every object under the prefix."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return {o["Key"][len(prefix) + 1 :]: (o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])}
+
+
+def _get(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def test_bulk_s3_to_s3_outputs_errors_and_rerun(repo_root, ray_cluster, bucket, checkpoint):
+    client, name = bucket
+    args = ["--input", f"s3://{name}/photos", "--output", f"s3://{name}/photos-x4", "--model", str(checkpoint),
+            "--num-cpus", "0.25", "--workers", "1"]
+    first = _upscale(repo_root, *args)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # something failed
+    assert "done 6, skipped 0, failed 2" in first.stdout and "upscaled 8/8" in first.stdout, first.stdout
+
+    outputs = _objects(client, name, "photos-x4")
+    assert set(outputs) == {_out_key(k) for k in GOOD} | {ERRORS_REPORT}
+    for key, (photo, (height, width), fmt) in GOOD.items():
+        out = decode_image(_get(client, name, f"photos-x4/{_out_key(key)}"))
+        assert out.size == (4 * width, 4 * height), key
+        assert out.mode == ("L" if photo == "camera.png" else "RGB")
+    # Pixels equal a direct Upscaler call on the same input (a lossless PNG output).
+    direct = Upscaler.from_checkpoint(checkpoint, options=UpscalerOptions(device="cpu"))
+    want = decode_image(encode_image(direct.upscale_image(decode_image(_get(client, name, "photos/a/one.png"))), "png"))
+    got = decode_image(_get(client, name, "photos-x4/a/one.png"))
+    assert ((got.rgb - want.rgb).abs().max() * 255).item() <= 1
+
+    report = [json.loads(line) for line in _get(client, name, f"photos-x4/{ERRORS_REPORT}").decode().splitlines()]
+    assert {r["key"]: r["kind"] for r in report} == BAD
+    assert all(r["reason"] and "\n" not in r["reason"] for r in report)
+
+    # A rerun skips the six done inputs, fails the two bad ones again and writes nothing new.
+    second = _upscale(repo_root, *args)
+    assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "done 0, skipped 6, failed 2" in second.stdout, second.stdout
+    assert _objects(client, name, "photos-x4") == outputs
+
+
+def test_bulk_killed_part_way_then_rerun_leaves_one_complete_output_each(repo_root, ray_cluster, bucket, checkpoint):
+    client, name = bucket
+    inputs = sorted(_objects(client, name, "many"))
+    args = ["--input", f"s3://{name}/many", "--output", f"s3://{name}/many-x4", "--model", str(checkpoint),
+            "--num-cpus", "0.25", "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, str(repo_root / "pipelines" / "upscale.py"), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(_objects(client, name, "many-x4")) < 2:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=30)
+    written = _objects(client, name, "many-x4")
+    assert 2 <= len(written) < len(inputs), f"not killed part-way: {len(written)} of {len(inputs)} written"
+
+    rerun = _upscale(repo_root, *args)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = _objects(client, name, "many-x4")
+    assert sorted(after) == inputs  # exactly one output per input, no report (nothing failed), nothing else
+    skipped = int(rerun.stdout.split("skipped ")[1].split(",")[0])
+    assert skipped >= len(written)  # what was complete before the kill was not redone
+    for key in after:
+        assert decode_image(_get(client, name, f"many-x4/{key}")).size == (768, 768)  # whole, decodable
+
+
+def test_bulk_parquet_shards_to_local_folder(repo_root, ray_cluster, tmp_path, checkpoint):
+    src = tmp_path / "src"
+    for key, spec in GOOD.items():
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(_good_bytes(*spec))
+    pack_images(str(src), str(tmp_path / "shards"), images_per_shard=4)
+    out = tmp_path / "out"
+    stale = out / "a" / f".one.png.0badc0de{TMP_SUFFIX}"  # what a killed run can leave behind
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    proc = _upscale(repo_root, "--input", str(tmp_path / "shards"), "--output", str(out), "--model", str(checkpoint),
+                    "--format", "webp", "--num-cpus", "0.25")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "done 6, skipped 0, failed 0" in proc.stdout
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(os.path.splitext(k)[0] + ".webp" for k in GOOD)  # no temporaries, no report
+    for key, (_, (height, width), _) in GOOD.items():
+        assert Image.open(out / (os.path.splitext(key)[0] + ".webp")).size == (4 * width, 4 * height)
+
+
+def test_output_at_or_inside_input_is_refused(repo_root, tmp_path, checkpoint):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.png").write_bytes(_good_bytes("coffee.png", (16, 16), "PNG"))
+    with pytest.raises(UserError, match="is the input prefix or inside it"):  # before any Ray or model work
+        run_bulk_upscale(BulkUpscaleConfig(input=str(src), output=f"file://{src}/", model=str(checkpoint)))
+    proc = _upscale(repo_root, "--input", str(src), "--output", str(src / "sub" / "out"), "--model", str(checkpoint))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is the input prefix or inside it" in lines[0], proc.stderr
+    assert sorted(p.name for p in src.rglob("*")) == ["one.png"]  # nothing written
+
+
+def test_plan_outputs_skips_existing_and_reports_collisions():
+    todo, skipped, failures = plan_outputs(["x/a.jpg", "x/a.png", "b.bmp", "c.webp"], "png", existing={"c.png"})
+    assert todo == {"b.bmp": "b.png", "x/a.jpg": "x/a.png"} and skipped == 1
+    assert [(f.key, f.kind) for f in failures] == [("x/a.png", "collision")]
+    todo, skipped, failures = plan_outputs(["x/a.jpg", "x/a.png", "b.bmp", "c.JPEG"], None, existing=set())
+    assert todo == {"b.bmp": "b.png", "c.JPEG": "c.jpg", "x/a.jpg": "x/a.jpg", "x/a.png": "x/a.png"} and not failures
