@@ -381,3 +381,39 @@ def test_cli_stops_cleanly_on_interrupt(server):
     port = int(url.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+# ------------------------------------------------------------------------------------------ configuration (no Ray)
+
+
+def test_serve_config_yaml_is_a_valid_serve_config_for_build_app(repo_root):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from srgan.serving import DEPLOYMENT_NAME, ModelConfig, ServeOptions, build_app
+
+    raw = yaml.safe_load((repo_root / "infra" / "serve_config.yaml").read_text())
+    config = ServeDeploySchema.model_validate(raw)  # what `serve deploy` checks
+    (app,) = config.applications
+    assert app.import_path == "srgan.serving:build_app" and app.route_prefix == "/"
+    build_app(app.args)  # the args are ServeOptions fields
+    (deployment,) = app.deployments
+    assert deployment.name == DEPLOYMENT_NAME
+    assert deployment.autoscaling_config["min_replicas"] <= deployment.autoscaling_config["max_replicas"]
+    assert deployment.max_ongoing_requests >= ServeOptions.from_args(app.args).max_batch_size
+    assert ModelConfig.from_dict(deployment.user_config).model == "models:/srgan-generator@champion"
+
+
+def test_deployment_options_from_args():
+    from srgan.serving import ServeOptions
+
+    fixed = ServeOptions.from_args({"num_replicas": 3, "num_gpus": 1, "max_ongoing_requests": 16}).deployment_options()
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1} and fixed["max_ongoing_requests"] == 16
+    auto = ServeOptions.from_args({"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3}).deployment_options()
+    assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3}
+    assert "num_replicas" not in auto and auto["user_config"]["model"] == "models:/srgan-generator@champion"
+    with pytest.raises(ValueError, match="unknown args key"):
+        ServeOptions.from_args({"replicas": 2})
+    with pytest.raises(ValueError, match="not both"):
+        ServeOptions.from_args({"num_replicas": 2, "max_replicas": 4})
