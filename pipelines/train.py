@@ -1,4 +1,4 @@
-"""Train SRResNet on Ray (Ray Data ingest, Ray Train DDP, MLflow tracking and registry).
+"""Train SRResNet, then SRGAN, on Ray (Ray Data ingest, Ray Train DDP, MLflow tracking and registry).
 
 With no arguments: a short CPU demo on embedded defaults (local Ray, MLflow on ./mlflow.db, a small
 photo set made offline from scikit-image's bundled photos, configs/demo_cpu.yaml). On a cluster:
@@ -6,7 +6,14 @@ photo set made offline from scikit-image's bundled photos, configs/demo_cpu.yaml
     ray job submit --working-dir . -- python pipelines/train.py --config configs/paper_srresnet_x4.yaml \\
         --data s3://bucket/imagenet/train --val-data s3://bucket/benchmarks/Set5 --storage s3://bucket/runs
 
-Re-running the same command with the same --name and --storage resumes from the latest checkpoint.
+Then the SRGAN phase, starting from the SRResNet champion (VGG19 weights from torchvision's cache,
+or --vgg-weights PATH|URI):
+
+    ray job submit --working-dir . -- python pipelines/train.py --config configs/paper_srgan_x4.yaml \
+        --init-from models:/srgan-generator@champion --data s3://bucket/imagenet/train ...
+
+Re-running the same command with the same --name and --storage resumes from the latest checkpoint;
+a worker that dies is restarted from the latest checkpoint automatically (--max-failures).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"experiment YAML (default with no --data: {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[1])})")
-    p.add_argument("--phase", help="training phase: srresnet (pixel MSE)")
+    p.add_argument("--phase", help="training phase: srresnet (pixel MSE) or srgan (VGG content + adversarial; needs --init-from)")
+    p.add_argument("--init-from", help="generator to start from: checkpoint dir/URI or models:/NAME@ALIAS (e.g. models:/srgan-generator@champion)")
+    p.add_argument("--vgg-weights", help="VGG19 state dict for the srgan content loss: PATH|URI, or 'random' (tests only); default: torchvision's cache")
     p.add_argument("--data", help="training images: a local path, file:// or s3:// prefix of images, or Parquet shards from prepare.py")
     p.add_argument("--val-data", help="validation set: HR/ (+ LR_bicubic/X<scale>/) as in ../shared/datasets; local or s3://")
     p.add_argument("--steps", type=int, help="total optimiser steps (a resumed run continues up to this)")
@@ -34,9 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu", action="store_const", const=True, default=None, help="one GPU per worker, DDP over nccl")
     p.add_argument("--name", help="run name; the same name + storage resumes the run")
     p.add_argument("--storage", help="Ray Train storage for checkpoints: a local directory or s3://bucket/prefix")
+    p.add_argument("--max-failures", type=int, help="worker failures to recover from by restarting from the last checkpoint (default 3)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in the working directory)")
     p.add_argument("--experiment", help="MLflow experiment name")
-    p.add_argument("--register-as", help="MLflow registered model name for the best generator")
+    p.add_argument("--register-as", help="MLflow registered model name (default: srgan-generator for srresnet, srgan-generator-gan for srgan)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set optim.lr=2e-4 (repeatable)")
     p.add_argument("--verbose", action="store_true", help="debug logging")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from srgan.models import GeneratorConfig, SRResNet, build_generator
 
-__all__ = ["CheckpointError", "GeneratorCheckpoint", "save_generator", "load_generator", "read_checkpoint_meta"]
+__all__ = ["CheckpointError", "GeneratorCheckpoint", "save_generator", "load_generator", "read_checkpoint_meta", "state_fingerprint"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "generator.safetensors"
@@ -111,3 +111,16 @@ def load_generator(uri: str | os.PathLike, *, map_location: str | torch.device =
     net_g.to(map_location).eval()
     info = GeneratorCheckpoint(generator=gen_cfg, config=meta.get("config", {}), metadata=meta.get("metadata", {}), path=str(uri))
     return net_g, info
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes in key order): equal
+    fingerprints mean bit-identical weights, wherever and on whatever device they were computed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -16,7 +16,7 @@ import yaml
 
 from srgan.cli import UserError
 from srgan.losses import LossConfig
-from srgan.models import GeneratorConfig
+from srgan.models import DiscriminatorConfig, GeneratorConfig
 
 __all__ = [
     "ConfigError",
@@ -30,9 +30,10 @@ __all__ = [
     "apply_overrides",
     "flatten",
     "PHASES",
+    "REGISTERED_NAMES",
 ]
 
-PHASES = ("srresnet",)  # "srgan" arrives with the adversarial phase
+PHASES = ("srresnet", "srgan")  # pixel-MSE SRResNet, then perceptual + adversarial SRGAN
 
 
 class ConfigError(UserError):
@@ -78,7 +79,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    phase: str = "srresnet"
+    phase: str = "srresnet"  # srresnet (pixel MSE) or srgan (VGG content + adversarial; needs init_from)
+    init_from: str = ""  # generator to start from: checkpoint dir/URI or models:/NAME@ALIAS ("" = fresh)
     steps: int = 1_000_000  # optimiser steps (the paper: 1e6 for SRResNet)
     batch_size: int = 16  # GLOBAL batch: split evenly over the workers
     log_every: int = 50
@@ -105,6 +107,11 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.time_limit_min < 0:
             raise ConfigError(f"train.time_limit_min must be >= 0, got {self.time_limit_min}")
+        if self.phase == "srgan" and not self.init_from:
+            raise ConfigError(
+                "--phase srgan needs --init-from: an SRResNet checkpoint directory/URI or a registered model "
+                "(e.g. models:/srgan-generator@champion)"
+            )
 
 
 @dataclass(frozen=True)
@@ -114,10 +121,10 @@ class RunSettings:
     workers: int = 1  # Ray Train workers (one per GPU with --gpu)
     gpu: bool = False
     cpus_per_worker: float = 0.0  # 0 = automatic (fractional on small CPU machines so Ray Data can run)
-    max_failures: int = 0  # worker failures Ray Train recovers from before giving up
+    max_failures: int = 3  # worker failures Ray Train recovers from (restart from the last checkpoint)
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "srgan"
-    register_as: str = "srgan-generator"
+    register_as: str = ""  # "" = the phase's own name: srgan-generator (srresnet), srgan-generator-gan (srgan)
 
     def validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -133,6 +140,7 @@ class RunSettings:
 @dataclass(frozen=True)
 class Config:
     model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)  # the srgan phase only
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -150,6 +158,16 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def registered_name(self) -> str:
+        """The MLflow registered model this run's best generator is added to."""
+        return self.run.register_as or REGISTERED_NAMES[self.train.phase]
+
+
+# Each phase registers under its own name, so an SRGAN run (selected by a perceptual measure) never
+# moves the champion alias of the PSNR-selected SRResNet models.
+REGISTERED_NAMES = {"srresnet": "srgan-generator", "srgan": "srgan-generator-gan"}
 
 
 _SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}  # type: ignore[misc]
@@ -211,7 +229,7 @@ def _coerce(key: str, annotation: Any, value: Any) -> Any:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from a nested dict (as read from YAML)."""
     if not isinstance(values, dict):
-        raise ConfigError("a config must be a mapping of sections (model, loss, optim, data, train, run)")
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(_SECTIONS)})")
     unknown = sorted(set(values) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r}; valid sections: {', '.join(_SECTIONS)}")
@@ -269,6 +287,9 @@ def flatten(config: Config) -> dict[str, str]:
 # Named CLI flags of pipelines/train.py -> the config field each one sets.
 FLAG_FIELDS = {
     "phase": "train.phase",
+    "init_from": "train.init_from",
+    "vgg_weights": "loss.vgg_weights",
+    "max_failures": "run.max_failures",
     "data": "data.train",
     "val_data": "data.val",
     "steps": "train.steps",

@@ -1,4 +1,5 @@
-"""The training engine in plain PyTorch: the SRResNet step, EMA, learning-rate schedule, validation.
+"""The training engine in plain PyTorch: the SRResNet and SRGAN steps, EMA, learning-rate schedule,
+validation.
 
 No Ray here: ``srgan.train`` (the Ray Train edge) calls these functions on each worker, and tests call
 them directly. State passes through arguments and return values.
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from srgan.config import Config, OptimConfig
 from srgan.degrade import bicubic_upscale, degrade
 from srgan.evaluation import DatasetScore, bicubic_model, evaluate_dataset, upscaler_model
-from srgan.losses import pixel_loss
+from srgan.losses import VGGContentLoss, discriminator_loss, perceptual_loss, pixel_loss
 from srgan.ranges import uint8_to_unit, unit_to_signed
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "lr_at",
     "set_lr",
     "srresnet_step",
+    "srgan_step",
+    "set_requires_grad",
     "ema_update",
     "make_ema",
     "validate",
@@ -80,14 +83,79 @@ def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Ten
     lq, gt = make_pair(gt_u8, config.model.scale)
     if config.train.channels_last:
         lq = lq.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device_type=gt.device.type, dtype=torch.bfloat16) if config.train.bf16 else nullcontext()
-    with autocast:
+    with _autocast(gt.device, config.train.bf16):
         sr = net_g(lq)
     loss = config.loss.pixel_weight * pixel_loss(sr.float(), gt)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return {"loss": float(loss.detach())}
+
+
+def set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def srgan_step(
+    net_g: nn.Module,
+    net_d: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    gt_u8: Tensor,
+    *,
+    content_loss: VGGContentLoss,
+    config: Config,
+) -> dict[str, float]:
+    """One SRGAN iteration on uint8 HR crops: a D step (real vs generated), then a G step with D frozen.
+
+    DDP: ``net_d`` is called through its wrapper only in the D step (two forwards, one backward, so
+    every D parameter gets its gradient once and DDP's all-reduce completes). The G step calls the
+    plain module inside with D's parameters frozen: D gets no gradient and no all-reduce is expected,
+    while the gradient flows through D into ``sr`` and G's DDP all-reduce runs as usual.
+    Returns floats synced to the CPU: G's total/content/adversarial losses, D's loss, and the mean
+    probabilities D(x) (real) and D(G(z)) (generated, before this step's D update).
+    """
+    lq, gt = make_pair(gt_u8, config.model.scale)  # (N, 3, h, w) [0, 1], (N, 3, H, W) [-1, 1]
+    if config.train.channels_last:
+        lq = lq.contiguous(memory_format=torch.channels_last)
+    autocast = _autocast(gt.device, config.train.bf16)
+    with autocast:
+        sr = net_g(lq)  # (N, 3, H, W) [-1, 1]
+
+    # D step: real crops vs G's output (detached: no gradient into G here).
+    set_requires_grad(net_d, True)
+    with autocast:
+        real_logits = net_d(gt).float()  # (N,)
+        fake_logits = net_d(sr.detach()).float()  # (N,)
+    loss_d = discriminator_loss(real_logits, fake_logits)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    # G step: content (VGG) + 1e-3 x adversarial through the frozen, unwrapped D.
+    frozen_d = unwrap(net_d)
+    set_requires_grad(frozen_d, False)
+    with autocast:
+        terms = perceptual_loss(sr.float(), gt, frozen_d(sr).float(), content_loss=content_loss, config=config.loss)
+    opt_g.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    opt_g.step()
+    set_requires_grad(frozen_d, True)
+
+    out = {
+        "loss_g": terms["total"],
+        "loss_g_content": terms["content"],
+        "loss_g_adversarial": terms["adversarial"],
+        "loss_d": loss_d,
+        "d_real": torch.sigmoid(real_logits).mean(),
+        "d_fake": torch.sigmoid(fake_logits).mean(),
+    }
+    return {k: float(v.detach()) for k, v in out.items()}
 
 
 def make_ema(net: nn.Module) -> nn.Module:
@@ -112,12 +180,25 @@ class ValidationResult:
     score: DatasetScore
     bicubic: DatasetScore | None
     grid: np.ndarray | None  # (H, W, 3) uint8: rows of LR | bicubic | SR | HR crops
+    content_distance: float | None = None  # mean VGG content loss of SR vs HR (with ``content_loss``)
 
 
-def validate(net_g: nn.Module, val_dir: str, *, scale: int, use_degrade: bool, with_bicubic: bool, max_images: int = 0, grid_images: int = 3) -> ValidationResult:
+def validate(
+    net_g: nn.Module,
+    val_dir: str,
+    *,
+    scale: int,
+    use_degrade: bool,
+    with_bicubic: bool,
+    max_images: int = 0,
+    grid_images: int = 3,
+    content_loss: VGGContentLoss | None = None,
+) -> ValidationResult:
     """Score a copy of ``net_g`` (in eval mode, on its own device) on a validation directory.
 
-    A copy is evaluated so that the caller's module keeps its training mode and gradients.
+    A copy is evaluated so that the caller's module keeps its training mode and gradients. With
+    ``content_loss`` the result also has the mean VGG feature distance between SR and HR (the same
+    measure as the training content loss, on whole 8-bit images): the SRGAN phase selects by it.
     """
     from srgan.inference import Upscaler, UpscalerOptions
 
@@ -133,11 +214,21 @@ def validate(net_g: nn.Module, val_dir: str, *, scale: int, use_degrade: bool, w
             samples.append((lq, sr, bicubic_upscale(lq, scale)))
         return sr
 
-    score = evaluate_dataset(keep_sample, val_dir, scale=scale, use_degrade=use_degrade, model_name="net_g", max_images=max_images)
+    distances: list[float] = []
+
+    @torch.no_grad()
+    def measure(sr_u8: Tensor, gt_u8: Tensor) -> None:
+        to_signed = lambda t: unit_to_signed(uint8_to_unit(t)).unsqueeze(0).to(device)  # noqa: E731
+        distances.append(float(content_loss(to_signed(sr_u8), to_signed(gt_u8))))
+
+    on_pair = measure if content_loss is not None else None
+    score = evaluate_dataset(keep_sample, val_dir, scale=scale, use_degrade=use_degrade, model_name="net_g", max_images=max_images, on_pair=on_pair)
     bicubic = None
     if with_bicubic:
         bicubic = evaluate_dataset(bicubic_model(scale), val_dir, scale=scale, use_degrade=use_degrade, model_name="bicubic", max_images=max_images)
-    return ValidationResult(score=score, bicubic=bicubic, grid=comparison_grid(samples, val_dir, scale=scale, use_degrade=use_degrade))
+    grid = comparison_grid(samples, val_dir, scale=scale, use_degrade=use_degrade)
+    content_distance = sum(distances) / len(distances) if distances else None
+    return ValidationResult(score=score, bicubic=bicubic, grid=grid, content_distance=content_distance)
 
 
 def comparison_grid(samples: list[tuple[Tensor, Tensor, Tensor]], val_dir: str, *, scale: int, use_degrade: bool, crop: int = 128) -> np.ndarray | None:

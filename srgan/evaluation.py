@@ -123,8 +123,12 @@ def evaluate_dataset(
     model_name: str,
     max_images: int = 0,
     on_image: Callable[[ImageScore], None] | None = None,
+    on_pair: Callable[[Tensor, Tensor], None] | None = None,
 ) -> DatasetScore:
-    """Score ``model`` on one dataset directory (the first ``max_images`` images if > 0)."""
+    """Score ``model`` on one dataset directory (the first ``max_images`` images if > 0).
+
+    ``on_pair(sr, gt)`` sees each uint8 (3, H, W) output with its HR crop, for extra measures.
+    """
     root = Path(dataset_dir)
     result = DatasetScore(dataset=root.name, model=model_name)
     pairs = find_pairs(root, scale=scale, use_degrade=use_degrade)
@@ -144,6 +148,8 @@ def evaluate_dataset(
             ssim_y=float(ssim(sr, gt, crop_border=scale)[0]),
         )
         result.images.append(score)
+        if on_pair is not None:
+            on_pair(sr, gt)
         if on_image is not None:
             on_image(score)
     return result

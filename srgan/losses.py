@@ -27,6 +27,7 @@ __all__ = [
     "VGG_LAYERS",
     "VGGWeightsNotFoundError",
     "vgg19_cache_path",
+    "check_vgg19_weights",
     "load_vgg19_state_dict",
     "VGGContentLoss",
     "build_content_loss",
@@ -59,6 +60,7 @@ class LossConfig:
     content_layer: str = "relu5_4"  # relu5_4 (VGG54) or relu2_2 (VGG22)
     adversarial_weight: float = 1e-3  # non-saturating -log D(G(lq))
     tv_weight: float = 0.0  # optional total variation, off in the paper
+    vgg_weights: str | None = None  # VGG19 state dict: None = torchvision's cache, a path/URI, or "random"
 
     def __post_init__(self) -> None:
         layer = VGG_ALIASES.get(self.content_layer.lower(), self.content_layer.lower())
@@ -91,6 +93,40 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
+def _cache_missing_message(path: Path) -> str:
+    return (
+        f"VGG19 ImageNet weights not found in torchvision's cache ({path}). Either copy "
+        f"'{path.name}' (from {VGG19_Weights.IMAGENET1K_V1.url}) into {path.parent} (set TORCH_HOME "
+        "to use another cache root), or pass an explicit file path or URI (--vgg-weights PATH|URI)."
+    )
+
+
+def check_vgg19_weights(source: str | os.PathLike | None = None) -> str:
+    """Check, without loading them, that the VGG19 weights ``source`` names can be found; returns a
+    one-line description. Remote URIs are checked when loaded. ``"random"`` logs a loud warning.
+
+    Raises:
+        VGGWeightsNotFoundError: with the message that says how to supply the weights.
+    """
+    if source is not None and str(source) == "random":
+        log.warning("VGG19 weights: RANDOM initialisation requested; the content loss is NOT perceptual")
+        return "random (NOT perceptual: for tests only)"
+    if source is None:
+        path = vgg19_cache_path()
+        if not path.is_file():
+            raise VGGWeightsNotFoundError(_cache_missing_message(path))
+        return str(path)
+    text = str(source)
+    if "://" not in text or text.startswith("file://"):
+        path = Path(text.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise VGGWeightsNotFoundError(
+                f"VGG19 weights not found at {source}. Pass the path or URI of a torchvision vgg19 state dict "
+                f"(--vgg-weights PATH|URI), or put '{vgg19_cache_path().name}' in torchvision's cache ({vgg19_cache_path().parent})."
+            )
+    return text
+
+
 def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, Tensor] | None:
     """Load VGG19 ImageNet weights as a torchvision ``vgg19()`` state dict.
 
@@ -102,18 +138,11 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     Raises:
         VGGWeightsNotFoundError: nothing found; the message names both ways to supply the weights.
     """
+    located = check_vgg19_weights(source)
     if source is not None and str(source) == "random":
-        log.warning("VGG19 weights: RANDOM initialisation requested; the content loss is NOT perceptual")
         return None
     if source is None:
-        path = vgg19_cache_path()
-        if not path.is_file():
-            raise VGGWeightsNotFoundError(
-                f"VGG19 ImageNet weights not found in torchvision's cache ({path}). Either copy "
-                f"'{path.name}' (from {VGG19_Weights.IMAGENET1K_V1.url}) into {path.parent} (set TORCH_HOME "
-                "to use another cache root), or pass an explicit file path or URI (--vgg-weights PATH|URI)."
-            )
-        return _read_state_dict(path)
+        return _read_state_dict(Path(located))
 
     from srgan.storage import fetch_to_local
 
@@ -122,10 +151,7 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     except FileNotFoundError as exc:
         raise VGGWeightsNotFoundError(f"VGG19 weights not found at {source}: {exc}") from exc
     if not Path(path).is_file():
-        raise VGGWeightsNotFoundError(
-            f"VGG19 weights not found at {source}. Pass the path or URI of a torchvision vgg19 state dict, "
-            f"or put '{vgg19_cache_path().name}' in torchvision's cache ({vgg19_cache_path().parent})."
-        )
+        raise VGGWeightsNotFoundError(f"VGG19 weights not found at {source}: not a file")
     return _read_state_dict(Path(path))
 
 

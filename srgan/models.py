@@ -48,8 +48,12 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    base_features: int = 64
+    base_features: int = 64  # width of the first conv; doubles every two convs (64 -> 512 in the paper)
     dense_features: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.base_features < 1 or self.dense_features < 1:
+            raise ValueError(f"base_features and dense_features must be >= 1, got {self.base_features}, {self.dense_features}")
 
 
 class ResidualBlock(nn.Module):

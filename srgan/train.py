@@ -7,11 +7,16 @@ Ray touchpoints (marked ``# RAY``): ``ray.init``, the Ray Data dataset, ``TorchT
 Semantics:
 - ``train.batch_size`` is the GLOBAL batch: each of the N workers takes ``batch_size / N`` crops a
   step and DDP averages the gradients, so the optimisation matches one worker at the full batch.
+- Phases: ``srresnet`` (pixel MSE) and ``srgan`` (VGG content + 1e-3 adversarial, D trained
+  alternately; G starts from ``train.init_from``, D fresh). See :data:`SELECTION` for how each picks
+  its best checkpoint and registry champion.
 - Validation runs on rank 0 every ``val_every`` steps and at every checkpoint; every checkpoint
-  therefore carries a fresh ``val_psnr_y``, which Ray uses to keep the best ``keep_checkpoints``.
+  therefore carries a fresh selection metric, which Ray uses to keep the best ``keep_checkpoints``.
 - Resume: re-running with the same ``run.name`` and ``run.storage`` restores the latest checkpoint
-  (step, net_g, optimiser, EMA, RNG of rank 0; other ranks reseed from (seed, rank, step)) and logs to
+  (step, G, D, optimisers, EMA, RNG of rank 0; other ranks reseed from (seed, rank, step)) and logs to
   the same MLflow run; steps already in MLflow are not logged again.
+- Fault recovery: ``run.max_failures`` (FailureConfig) restarts a failed worker group from the latest
+  checkpoint within the same driver and MLflow run.
 """
 
 from __future__ import annotations
@@ -30,17 +35,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from srgan.checkpoint import save_generator
+from srgan.checkpoint import save_generator, state_fingerprint
 from srgan.config import Config, config_from_dict, flatten
-from srgan.engine import cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srresnet_step, unwrap, validate
-from srgan.models import build_generator
+from srgan.engine import cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, unwrap, validate
+from srgan.models import build_discriminator, build_generator
 
-__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "TRAINING_STATE_FILE"]
+__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "TRAINING_STATE_FILE", "SELECTION", "Selection"]
 
 log = logging.getLogger(__name__)
 
 TRAINING_STATE_FILE = "training_state.pt"
-SELECTION_METRIC = "val_psnr_y"  # the SRResNet phase selects (and registers) by validation Y-PSNR
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a phase picks its best checkpoint (Ray's ``CheckpointConfig``) and its registry champion."""
+
+    attribute: str  # the metric reported with each Ray checkpoint
+    mode: str  # "max" or "min"
+    mlflow_key: str  # the same value in MLflow
+
+
+# SRResNet: validation Y-PSNR (higher is better). SRGAN trades PSNR for perceptual quality by design,
+# so it selects by the mean VGG feature distance between SR and HR on the validation set (the content
+# loss's own measure, on whole images; lower is better).
+SELECTION = {
+    "srresnet": Selection("val_psnr_y", "max", "val/psnr_y"),
+    "srgan": Selection("val_content_distance", "min", "val/content_distance"),
+}
 
 
 # ----------------------------------------------------------------------------- checkpoint state
@@ -67,27 +89,47 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_checkpoint(directory: Path, *, step: int, net_g, optimizer, ema, config: Config, run_id: str) -> None:
-    """generator.safetensors + checkpoint.json (the exported weights: EMA if enabled) + training state."""
-    export = ema if ema is not None else unwrap(net_g)
-    save_generator(directory, export, config=config.to_dict(), metadata={"step": step, "mlflow_run_id": run_id, "weights": "ema" if ema is not None else "net_g"})
+@dataclass
+class Nets:
+    """What one worker trains. ``net_d``/``opt_d`` exist in the srgan phase only."""
+
+    net_g: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    ema: torch.nn.Module | None = None
+    net_d: torch.nn.Module | None = None
+    opt_d: torch.optim.Optimizer | None = None
+
+
+def save_training_checkpoint(directory: Path, *, step: int, nets: Nets, config: Config, run_id: str) -> None:
+    """generator.safetensors + checkpoint.json (the exported weights: EMA if enabled) + training state
+    (G, D, both optimisers, EMA, RNG) in a weights-only torch file."""
+    export = nets.ema if nets.ema is not None else unwrap(nets.net_g)
+    metadata = {"step": step, "phase": config.train.phase, "mlflow_run_id": run_id, "weights": "ema" if nets.ema is not None else "net_g"}
+    save_generator(directory, export, config=config.to_dict(), metadata=metadata)
     state = {
         "step": step,
-        "net_g": unwrap(net_g).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
+        "net_g": unwrap(nets.net_g).state_dict(),
+        "optimizer": nets.opt_g.state_dict(),
+        "ema": nets.ema.state_dict() if nets.ema is not None else None,
+        "net_d": unwrap(nets.net_d).state_dict() if nets.net_d is not None else None,
+        "optimizer_d": nets.opt_d.state_dict() if nets.opt_d is not None else None,
         "rng": _rng_state(),
     }
     torch.save(state, directory / TRAINING_STATE_FILE)
 
 
-def load_training_checkpoint(directory: Path, *, net_g, optimizer, ema, map_location) -> int:
+def load_training_checkpoint(directory: Path, *, nets: Nets, map_location) -> int:
     """Restore the training state saved by :func:`save_training_checkpoint`; returns its step."""
     state = torch.load(directory / TRAINING_STATE_FILE, map_location=map_location, weights_only=True)
-    unwrap(net_g).load_state_dict(state["net_g"])
-    optimizer.load_state_dict(state["optimizer"])
-    if ema is not None and state["ema"] is not None:
-        ema.load_state_dict(state["ema"])
+    unwrap(nets.net_g).load_state_dict(state["net_g"])
+    nets.opt_g.load_state_dict(state["optimizer"])
+    if nets.ema is not None and state["ema"] is not None:
+        nets.ema.load_state_dict(state["ema"])
+    if nets.net_d is not None:
+        if state.get("net_d") is None:
+            raise RuntimeError(f"{directory} holds no discriminator: it is not an srgan-phase checkpoint (use another run.name)")
+        unwrap(nets.net_d).load_state_dict(state["net_d"])
+        nets.opt_d.load_state_dict(state["optimizer_d"])
     _set_rng_state(state["rng"])
     return int(state["step"])
 
@@ -111,35 +153,67 @@ class _Throughput:
         return self.images / elapsed, self.data_wait / elapsed
 
 
+def _build_nets(config: Config, device: torch.device, init_from: str, tracking_uri: str) -> Nets:
+    """Fresh networks and optimisers on ``device``; G starts from ``init_from`` when given. Every rank
+    loads it, so every rank's EMA starts from it too (DDP's start-up broadcast of rank 0's weights then
+    changes nothing); D always starts fresh."""
+    from srgan.checkpoint import load_generator
+
+    net_g = build_generator(config.model).to(device)
+    if init_from:
+        source, _ = load_generator(init_from, map_location=device, tracking_uri=tracking_uri)
+        net_g.load_state_dict(source.state_dict())
+    net_d = build_discriminator(config.discriminator).to(device) if config.train.phase == "srgan" else None
+    if config.train.channels_last:
+        net_g = net_g.to(memory_format=torch.channels_last)
+        net_d = net_d.to(memory_format=torch.channels_last) if net_d is not None else None
+    return Nets(
+        net_g=net_g,
+        opt_g=make_optimizer(net_g, config.optim),
+        ema=make_ema(net_g) if config.train.ema_decay > 0 else None,
+        net_d=net_d,
+        opt_d=make_optimizer(net_d, config.optim) if net_d is not None else None,
+    )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train  # RAY
     import ray.train.torch  # RAY
 
+    from srgan.losses import build_content_loss
+
     config = config_from_dict(loop_config["config"])
+    gan = config.train.phase == "srgan"
     ctx = ray.train.get_context()  # RAY
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # RAY
+    print(f"[srgan] worker rank {rank}/{world} pid {os.getpid()} device {device}", flush=True)
     torch.manual_seed(config.train.seed + rank)
 
-    net_g = build_generator(config.model).to(device)
-    if config.train.channels_last:
-        net_g = net_g.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(net_g, config.optim)
-    ema = make_ema(net_g) if config.train.ema_decay > 0 else None
+    checkpoint = ray.train.get_checkpoint()  # RAY
+    # A checkpoint (resume or restart after a failure) wins over init_from, which only starts a run.
+    nets = _build_nets(config, device, "" if checkpoint is not None else loop_config["init_from"], loop_config["tracking_uri"])
+    content_loss = build_content_loss(config.loss, vgg_weights=config.loss.vgg_weights).to(device) if gan else None
+    logger = _rank0_logger(loop_config) if rank == 0 else None
 
     step = 0
-    checkpoint = ray.train.get_checkpoint()  # RAY
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            step = load_training_checkpoint(Path(ckpt_dir), net_g=net_g, optimizer=optimizer, ema=ema, map_location=device)
+            step = load_training_checkpoint(Path(ckpt_dir), nets=nets, map_location=device)
         if rank != 0:
             torch.manual_seed(config.train.seed + rank + step)
         if rank == 0:
             print(f"[srgan] resumed from step {step}", flush=True)
-    model = ray.train.torch.prepare_model(net_g)  # RAY: DDP across workers (gloo on CPU, nccl on GPU)
+    elif logger is not None:
+        # Evidence of where this run started: equal fingerprints = bit-identical weights.
+        tags = {"srgan.step0_fingerprint.net_g": state_fingerprint(nets.net_g)}
+        if nets.net_d is not None:
+            tags["srgan.step0_fingerprint.net_d"] = state_fingerprint(nets.net_d)
+        logger.set_tags(tags)
+    model_g = ray.train.torch.prepare_model(nets.net_g)  # RAY: DDP across workers (gloo on CPU, nccl on GPU)
+    model_d = ray.train.torch.prepare_model(nets.net_d) if gan else None  # RAY
 
-    logger = _rank0_logger(loop_config) if rank == 0 else None
     val_dir, val_degrade = _local_val_set(config) if rank == 0 else ("", False)
     per_worker = config.train.batch_size // world
     shard = ray.train.get_dataset_shard("train")  # RAY
@@ -158,33 +232,49 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         meter.data_wait += time.perf_counter() - t0
         step += 1
         lr = lr_at(step, config.optim)
-        set_lr(optimizer, lr)
-        out = srresnet_step(model, optimizer, gt_u8, config=config)
-        if ema is not None:
-            ema_update(ema, model, config.train.ema_decay)
+        for opt in (nets.opt_g, nets.opt_d):
+            if opt is not None:
+                set_lr(opt, lr)
+        if gan:
+            out = srgan_step(model_g, model_d, nets.opt_g, nets.opt_d, gt_u8, content_loss=content_loss, config=config)
+        else:
+            out = srresnet_step(model_g, nets.opt_g, gt_u8, config=config)
+        if nets.ema is not None:
+            ema_update(nets.ema, model_g, config.train.ema_decay)
         meter.images += gt_u8.shape[0] * world
 
         if deadline is not None and step % config.train.log_every == 0:
             out_of_time = _all_agree(time.monotonic() > deadline, world, device)
         last_step = step == config.train.steps or out_of_time
         if step % config.train.log_every == 0 or last_step:
-            loss = _mean_over_workers(out["loss"], world, device)
+            losses = _mean_over_workers(out, world, device)
             if logger is not None:
                 ips, wait = meter.read()
-                print(f"[srgan] step {step}/{config.train.steps} epoch {epoch} loss {loss:.5f} lr {lr:.2e} {ips:.1f} img/s data-wait {wait:.0%}", flush=True)
-                logger.log({"train/loss": loss, "train/lr": lr, "train/images_per_s": ips, "train/data_wait_frac": wait, "train/epoch": epoch}, step)
+                print(f"[srgan] step {step}/{config.train.steps} epoch {epoch} {_format_losses(losses)} lr {lr:.2e} {ips:.1f} img/s data-wait {wait:.0%}", flush=True)
+                metrics = {f"train/{k}": v for k, v in losses.items()}
+                logger.log({**metrics, "train/lr": lr, "train/images_per_s": ips, "train/data_wait_frac": wait, "train/epoch": epoch}, step)
                 _log_skips(logger, loop_config["skip_counter"], step)
             meter.reset()
 
         do_checkpoint = step % config.train.checkpoint_every == 0 or last_step
         if step % config.train.val_every == 0 or do_checkpoint:
             if logger is not None:
-                last_val = _validate_and_log(logger, ema if ema is not None else model, val_dir, val_degrade, config, step)
+                net_eval = nets.ema if nets.ema is not None else model_g
+                last_val = _validate_and_log(logger, net_eval, val_dir, val_degrade, config, step, content_loss)
             meter.reset()
         if do_checkpoint:
-            _report_checkpoint(step, model, optimizer, ema, config, loop_config["run_id"], rank, last_val)
+            _report_checkpoint(step, Nets(model_g, nets.opt_g, nets.ema, model_d, nets.opt_d), config, loop_config["run_id"], rank, last_val)
     if out_of_time and rank == 0:
         print(f"[srgan] stopped at step {step}: train.time_limit_min={config.train.time_limit_min} reached (re-run to continue)", flush=True)
+
+
+def _format_losses(losses: dict[str, float]) -> str:
+    if "loss_g" not in losses:
+        return f"loss {losses['loss']:.5f}"
+    return (
+        f"G {losses['loss_g']:.4f} (content {losses['loss_g_content']:.4f}, adv {losses['loss_g_adversarial']:.3f}) "
+        f"D {losses['loss_d']:.3f} D(x) {losses['d_real']:.2f} D(G(z)) {losses['d_fake']:.2f}"
+    )
 
 
 def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
@@ -198,14 +288,16 @@ def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def _mean_over_workers(value: float, world: int, device: torch.device) -> float:
+def _mean_over_workers(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    """Each value averaged over the DDP ranks (one all-reduce; keys are the same on every rank)."""
     if world == 1:
-        return value
+        return dict(values)
     import torch.distributed as dist
 
-    t = torch.tensor([value], device=device)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     dist.all_reduce(t)
-    return float(t.item()) / world
+    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
 
 
 def _rank0_logger(loop_config: dict[str, Any]):
@@ -235,7 +327,8 @@ def _local_val_set(config: Config) -> tuple[str, bool]:
     return str(local), not has_lr
 
 
-def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Config, step: int) -> dict[str, float]:
+def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Config, step: int, content_loss=None) -> dict[str, float]:
+    """Validate on rank 0, log to MLflow; returns the metrics reported with the next Ray checkpoint."""
     t0 = time.perf_counter()
     want_bicubic = logger.last_step("val/bicubic_psnr_y") < 0
     result = validate(
@@ -245,25 +338,33 @@ def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Conf
         use_degrade=val_degrade,
         with_bicubic=want_bicubic,
         max_images=config.data.val_max_images,
+        content_loss=content_loss,
     )
     metrics = {"val/psnr_y": result.score.psnr_y, "val/ssim_y": result.score.ssim_y}
+    if result.content_distance is not None:
+        metrics["val/content_distance"] = result.content_distance
     if result.bicubic is not None:
         metrics.update({"val/bicubic_psnr_y": result.bicubic.psnr_y, "val/bicubic_ssim_y": result.bicubic.ssim_y})
     logger.log(metrics, step)
     if result.grid is not None:
         logger.log_image(result.grid, key="val_grid_lr_bicubic_sr_hr", step=step)
-    print(f"[srgan] step {step} validation: Y-PSNR {result.score.psnr_y:.2f} dB, SSIM {result.score.ssim_y:.4f} on {len(result.score.images)} images ({time.perf_counter() - t0:.1f} s)", flush=True)
-    return {SELECTION_METRIC: result.score.psnr_y, "val_ssim_y": result.score.ssim_y}
+    perceptual = f", VGG distance {result.content_distance:.4f}" if result.content_distance is not None else ""
+    print(f"[srgan] step {step} validation: Y-PSNR {result.score.psnr_y:.2f} dB, SSIM {result.score.ssim_y:.4f}{perceptual} on {len(result.score.images)} images ({time.perf_counter() - t0:.1f} s)", flush=True)
+    reported = {"val_psnr_y": result.score.psnr_y, "val_ssim_y": result.score.ssim_y}
+    if result.content_distance is not None:
+        reported["val_content_distance"] = result.content_distance
+    return reported
 
 
-def _report_checkpoint(step, model, optimizer, ema, config, run_id, rank, last_val) -> None:
+def _report_checkpoint(step: int, nets: Nets, config: Config, run_id: str, rank: int, last_val: dict[str, float]) -> None:
     import ray.train  # RAY
 
     metrics = {"step": step, **last_val}
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            save_training_checkpoint(Path(tmp), step=step, net_g=model, optimizer=optimizer, ema=ema, config=config, run_id=run_id)
+            save_training_checkpoint(Path(tmp), step=step, nets=nets, config=config, run_id=run_id)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # RAY
+        print(f"[srgan] checkpoint step {step} saved", flush=True)
     else:
         ray.train.report(metrics, checkpoint=None)  # RAY: every rank reports (it is a barrier)
 
@@ -283,6 +384,8 @@ class TrainSummary:
     champion: bool
     skipped: dict[str, Any]
     seconds: float
+    selection_metric: str = "val_psnr_y"
+    selection_value: float | None = None
 
 
 def _ray_init() -> None:
@@ -331,6 +434,8 @@ def run_training(config: Config) -> TrainSummary:
     run_id, resumed = open_run(tracking_uri, experiment=config.run.experiment, run_key=run_key, run_name=config.run.name)
     log_params_once(tracking_uri, run_id, flatten(config))
     print(f"[srgan] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in experiment '{config.run.experiment}' at {tracking_uri}", flush=True)
+    init_from = _pin_init_from(config.train.init_from, tracking_uri, run_id)
+    selection = SELECTION[config.train.phase]
 
     _ray_init()
     skip_counter = f"srgan-skips-{config.run.name}-{uuid.uuid4().hex[:8]}"
@@ -349,13 +454,14 @@ def run_training(config: Config) -> TrainSummary:
             "run_id": run_id,
             "tracking_uri": tracking_uri,
             "skip_counter": skip_counter,
+            "init_from": init_from,
         },
         datasets={"train": dataset},
         scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=config.run.gpu, resources_per_worker={"CPU": _cpus_per_worker(config)}),
         run_config=RunConfig(
             name=config.run.name,
             storage_path=storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=SELECTION_METRIC, checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=selection.attribute, checkpoint_score_order=selection.mode),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
             # Ray Train otherwise re-emits each worker print() through its logger: every line twice.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
@@ -366,32 +472,53 @@ def run_training(config: Config) -> TrainSummary:
     except Exception:
         finish_run(tracking_uri, run_id, status="FAILED")
         raise
-    best = result.get_best_checkpoint(metric=SELECTION_METRIC, mode="max") or result.checkpoint
+    best = result.get_best_checkpoint(metric=selection.attribute, mode=selection.mode) or result.checkpoint
     skipped = count_skips(skip_counter)
     summary = _register(config, tracking_uri, run_id, best, skipped, t0)
     finish_run(tracking_uri, run_id)
     return summary
 
 
+def _pin_init_from(init_from: str, tracking_uri: str, run_id: str) -> str:
+    """A registry alias is pinned to the version it points at now (recorded as a run tag), so every
+    worker, and every restart, starts from the same weights even if the alias moves meanwhile."""
+    if not init_from:
+        return ""
+    pinned = init_from
+    if init_from.startswith("models:/"):
+        from srgan.registry import pin_model_uri
+
+        pinned = pin_model_uri(init_from, tracking_uri=tracking_uri)
+    from srgan.tracking import MetricLogger
+
+    MetricLogger(tracking_uri, run_id).set_tags({"srgan.init_from": init_from, "srgan.init_from_resolved": pinned})
+    print(f"[srgan] generator initialised from {pinned}" + (f" ({init_from})" if pinned != init_from else ""), flush=True)
+    return pinned
+
+
 def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dict[str, Any], t0: float) -> TrainSummary:
     from srgan.registry import register_generator
     from srgan.tracking import MetricLogger
 
+    selection = SELECTION[config.train.phase]
     logger = MetricLogger(tracking_uri, run_id)
-    history = {m.step: m.value for m in logger.client.get_metric_history(run_id, "val/psnr_y")}
+    psnr_history = {m.step: m.value for m in logger.client.get_metric_history(run_id, "val/psnr_y")}
+    selection_history = {m.step: m.value for m in logger.client.get_metric_history(run_id, selection.mlflow_key)}
     bicubic = [m.value for m in logger.client.get_metric_history(run_id, "val/bicubic_psnr_y")]
     with best.as_directory() as ckpt_dir:
         meta = json.loads((Path(ckpt_dir) / "checkpoint.json").read_text())
         step = meta["metadata"]["step"]
-        best_psnr = history.get(step)  # every checkpoint step is also a validation step
+        score = selection_history.get(step)  # every checkpoint step is also a validation step
         registration = register_generator(
             tracking_uri,
             run_id=run_id,
             checkpoint_dir=ckpt_dir,
             step=step,
-            name=config.run.register_as,
-            metric_name=SELECTION_METRIC,
-            metric_value=best_psnr,
+            name=config.registered_name,
+            metric_name=selection.attribute,
+            metric_value=score,
+            higher_is_better=selection.mode == "max",
+            tags={"phase": config.train.phase, "selection_metric": selection.attribute},
         )
     logger.set_tags({"srgan.best_checkpoint": best.path, "srgan.best_step": step})
     return TrainSummary(
@@ -399,10 +526,12 @@ def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dic
         experiment=config.run.experiment,
         tracking_uri=tracking_uri,
         checkpoint=best.path,
-        best_val_psnr_y=best_psnr,
+        best_val_psnr_y=psnr_history.get(step),
         bicubic_val_psnr_y=bicubic[-1] if bicubic else None,
         registered=registration.uri,
         champion=registration.champion,
         skipped=skipped,
         seconds=time.perf_counter() - t0,
+        selection_metric=selection.attribute,
+        selection_value=score,
     )

@@ -42,7 +42,35 @@ def check_sources(config: Config) -> Config:
     data = dataclasses.replace(data, train=_absolute(data.train), val=_absolute(data.val))
     if "://" not in data.val:
         _check_val_layout(data.val, config.model.scale)
-    return dataclasses.replace(config, data=data)
+    config = dataclasses.replace(config, data=data)
+    check_phase(config)
+    return config
+
+
+def check_phase(config: Config) -> None:
+    """Before Ray starts: the generator to start from loads and matches ``model``; the srgan phase's
+    VGG19 weights can be found (or ``random`` was asked for, which is announced loudly)."""
+    from srgan.checkpoint import CheckpointError, load_generator
+    from srgan.losses import check_vgg19_weights
+    from srgan.tracking import resolve_tracking_uri
+
+    train = config.train
+    if train.init_from:
+        try:
+            _, info = load_generator(train.init_from, tracking_uri=resolve_tracking_uri(config.run.tracking_uri))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # registry lookups raise MLflow's own errors
+            raise ConfigError(f"--init-from {train.init_from}: {' '.join(str(exc).split())[:300]}") from None
+        if info.generator != config.model:
+            diff = [f"model.{k}={v}" for k, v in dataclasses.asdict(info.generator).items() if getattr(config.model, k) != v]
+            raise ConfigError(f"--init-from {train.init_from} is a different generator; set {' '.join('--set ' + d for d in diff)} (or use a config with that model)")
+    if train.phase == "srgan":
+        where = check_vgg19_weights(config.loss.vgg_weights)
+        if config.loss.vgg_weights == "random":
+            print("[srgan] WARNING: --vgg-weights random: the VGG content loss uses RANDOM weights and is NOT perceptual (tests only)", flush=True)
+        else:
+            print(f"[srgan] VGG19 weights: {where}", flush=True)
 
 
 def _absolute(uri: str) -> str:
@@ -80,6 +108,8 @@ def print_summary(summary) -> None:
             delta = summary.best_val_psnr_y - summary.bicubic_val_psnr_y
             line += f" (bicubic {summary.bicubic_val_psnr_y:.2f} dB, {delta:+.2f} dB)"
         print(line)
+    if summary.selection_metric != "val_psnr_y" and summary.selection_value is not None:
+        print(f"selected by: {summary.selection_metric} = {summary.selection_value:.4f} (lower is better)")
     print(f"checkpoint:  {summary.checkpoint}")
     print(f"registered:  {summary.registered}" + ("  (alias @champion)" if summary.champion else "  (champion kept: it scores higher)"))
     counts = summary.skipped.get("counts", {})

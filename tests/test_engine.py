@@ -11,7 +11,7 @@ from srgan.config import config_from_dict
 from srgan.degrade import degrade
 from srgan.engine import comparison_grid, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step, validate
 from srgan.models import SRResNet
-from srgan.train import load_training_checkpoint, save_training_checkpoint
+from srgan.train import Nets, load_training_checkpoint, save_training_checkpoint
 
 
 def _crops(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -67,7 +67,7 @@ def test_training_checkpoint_roundtrip_restores_everything(tmp_path):
     srresnet_step(net, opt, _crops(), config=cfg)
     ema_update(ema, net, 0.5)
     np.random.seed(3)
-    save_training_checkpoint(tmp_path, step=7, net_g=net, optimizer=opt, ema=ema, config=cfg, run_id="abc")
+    save_training_checkpoint(tmp_path, step=7, nets=Nets(net, opt, ema), config=cfg, run_id="abc")
     expected_next = (torch.rand(3), np.random.rand(2))
 
     net2 = SRResNet(num_blocks=1, num_features=8)
@@ -75,7 +75,7 @@ def test_training_checkpoint_roundtrip_restores_everything(tmp_path):
     ema2 = make_ema(net2)
     torch.manual_seed(123)
     np.random.seed(123)
-    step = load_training_checkpoint(tmp_path, net_g=net2, optimizer=opt2, ema=ema2, map_location="cpu")
+    step = load_training_checkpoint(tmp_path, nets=Nets(net2, opt2, ema2), map_location="cpu")
     assert step == 7
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(ema.state_dict().values(), ema2.state_dict().values()))
