@@ -289,3 +289,61 @@ def test_training_tracks_to_the_server_and_the_champion_is_served(ray_cluster, r
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     row = json.loads(evaluate.stdout)
     assert row["dataset"] == "Set5" and row["images"] == 5 and 10 < row["psnr_y"] < 35
+
+    # The Serve endpoint loads the same champion through the server and answers an upscale request.
+    _serve_the_champion(repo_root, server, tmp_path)
+
+
+def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
+    import httpx
+    from ray import serve
+
+    from srgan.imageio import decode_image, encode_image
+    from srgan.inference import Upscaler, UpscalerOptions
+    from srgan.registry import download_model
+
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", f"models:/{MODEL_NAME}@champion",
+             "--tracking-uri", server, "--port", str(port), "--num-cpus", "0.25", "--refresh-interval", "0"],
+            cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, env=_without_s3_credentials(dict(os.environ)),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, f"serve.py exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, f"the endpoint did not become healthy:\n{log.read_text()[-4000:]}"
+            time.sleep(0.5)
+        photo = _png(load_photo("astronaut.png")[200:248, 160:224])  # a 64x48 crop
+        resp = httpx.post(f"{url}/v1/upscale", content=photo, headers={"Content-Type": "image/png"}, timeout=120)
+        assert resp.status_code == 200, resp.text[:500]
+        assert resp.headers["X-Model-Name"] == MODEL_NAME and resp.headers["X-Model-Version"] == "1"
+        assert resp.headers["X-Output-Size"] == "256x192"
+        # The pixels are the registered champion's: the same weights, fetched through the server here.
+        champion = Upscaler.from_checkpoint(download_model(f"models:/{MODEL_NAME}/1", tracking_uri=server), options=UpscalerOptions(tile_size=256, device="cpu"))
+        expected = encode_image(champion.upscale_image(decode_image(photo)), "png")
+        assert _same_pixels(resp.content, expected)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # serve.py deletes its application (or shuts Serve down) and exits
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        serve.shutdown()  # frees the replica's CPU share for the tests that follow on the shared cluster
+
+
+def _same_pixels(a: bytes, b: bytes) -> bool:
+    from srgan.imageio import decode_image
+
+    x, y = decode_image(a), decode_image(b)
+    return x.rgb.shape == y.rgb.shape and bool((x.rgb - y.rgb).abs().max() <= 1 / 255 + 1e-6)
