@@ -223,6 +223,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return _error(exc.status_code, exc.detail)
 
 
+@app.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """Our own fault (client mistakes are answered before this): JSON too, and logged with its traceback."""
+    log.error("error serving %s", request.url.path, exc_info=exc)
+    return _error(500, f"internal error ({type(exc).__name__}); the server keeps serving")
+
+
 # ------------------------------------------------------------------------------------------ request body
 
 
@@ -322,8 +329,10 @@ class UpscaleService:
         self._infer_lock = threading.Lock()  # one forward pass at a time per replica
         self._swap_lock = asyncio.Lock()
         self._refresher: asyncio.Task | None = None
-        self.config = options.model_config
-        self.upscaler = self._load(self.config)  # before the first request: a replica is ready when loaded
+        # The model is loaded by reconfigure(), which Serve calls with user_config (always set by build_app,
+        # possibly overridden by a Serve config) before the replica takes requests.
+        self.config: ModelConfig | None = None
+        self.upscaler: Upscaler | None = None
         self._upscale_batch.set_max_batch_size(options.max_batch_size)
         self._upscale_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
@@ -335,9 +344,14 @@ class UpscaleService:
         log.info("loaded %s (version %s) from %s", source.name, upscaler.version, source.uri)
         return upscaler
 
-    async def _swap(self, config: ModelConfig, source: ModelSource | None = None) -> None:
-        """Load in a thread while the current model keeps serving, then swap in one assignment."""
+    async def _swap(self, config: ModelConfig, source: ModelSource | None = None, *, refresh: bool = False) -> None:
+        """Load in a thread while the current model keeps serving, then swap in one assignment.
+
+        A refresh is dropped if reconfigure() changed the model meanwhile (it would bring the old one back).
+        """
         async with self._swap_lock:
+            if refresh and config != self.config:
+                return
             upscaler = await asyncio.to_thread(self._load, config, source)
             self.upscaler, self.config = upscaler, config
             self.stats.reloads += 1
@@ -345,7 +359,7 @@ class UpscaleService:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this at start and whenever ``user_config`` changes (no replica restart)."""
         config = ModelConfig.from_dict(user_config)
-        if (config.model, config.tracking_uri) != (self.config.model, self.config.tracking_uri):
+        if self.config is None or (config.model, config.tracking_uri) != (self.config.model, self.config.tracking_uri):
             await self._swap(config)
         else:
             self.config = config  # only the refresh interval changed
@@ -365,7 +379,7 @@ class UpscaleService:
                 source = await asyncio.to_thread(resolve_model_source, config.model, tracking_uri=config.tracking_uri)
                 if source.uri != self.upscaler.source.uri:
                     log.info("%s moved to %s: loading it", config.model, source.uri)
-                    await self._swap(config, source)
+                    await self._swap(config, source, refresh=True)
             except Exception:  # noqa: BLE001 - a registry hiccup must not stop serving the current model
                 log.exception("could not refresh %s; still serving %s", config.model, current.uri)
 
@@ -382,9 +396,9 @@ class UpscaleService:
                 outputs = upscaler.upscale_images([images[i] for i in indices])
                 for i, out in zip(indices, outputs):
                     results[i] = (out, len(indices))
-        self.stats.batches += len(by_size)
-        self.stats.batched_images += len(images)
-        self.stats.largest_batch = max([self.stats.largest_batch, *map(len, by_size.values())])
+            self.stats.batches += len(by_size)
+            self.stats.batched_images += len(images)
+            self.stats.largest_batch = max([self.stats.largest_batch, *map(len, by_size.values())])
         return [r for r in results if r is not None]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
@@ -396,6 +410,11 @@ class UpscaleService:
     def _run_alone(self, upscaler: Upscaler, image: DecodedImage) -> DecodedImage:
         with self._infer_lock:
             return upscaler.upscale_image(image)
+
+    def _loaded(self) -> Upscaler:
+        if self.upscaler is None:
+            raise ClientError(503, "no model loaded yet; retry shortly")
+        return self.upscaler
 
     async def _upscale(self, image: DecodedImage) -> tuple[DecodedImage, int, Upscaler]:
         width, height = image.size
@@ -416,6 +435,7 @@ class UpscaleService:
     ) -> Response:
         self.stats.requests += 1
         try:
+            self._loaded()
             fmt = _check_params(format, quality)
             data = await read_image_bytes(request, self.limits)
             image = await asyncio.to_thread(decode_image, data, limits=self.limits)
@@ -436,12 +456,18 @@ class UpscaleService:
         return Response(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
     @app.get("/healthz", summary="Liveness: 200 once the model is loaded")
-    async def healthz(self) -> dict[str, Any]:
+    async def healthz(self) -> Any:
+        if self.upscaler is None:
+            return _error(503, "no model loaded yet")
         return {"status": "ok", "model_version": self.upscaler.version}
 
     @app.get("/v1/models", summary="The loaded model")
-    async def models(self) -> dict[str, Any]:
-        upscaler, source = self.upscaler, self.upscaler.source
+    async def models(self) -> Any:
+        try:
+            upscaler = self._loaded()
+        except ClientError as exc:
+            return _error(exc.status, str(exc))
+        source = upscaler.source
         return {
             "models": [
                 {
@@ -470,7 +496,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
 
 def _portable(options: ServeOptions, source: ModelSource) -> ServeOptions:
     """Options that mean the same in a replica's working directory: absolute paths, the store's absolute URI."""
-    if source.is_alias or source.requested.startswith("models:/"):
+    if source.tracking_uri is not None:  # a registry model: keep the reference (an alias must stay one)
         return replace(options, tracking_uri=source.tracking_uri)
     return replace(options, model=source.uri)
 
