@@ -1,0 +1,116 @@
+"""Bulk upscaling job (Ray Data + actor pool) next to a plain single-process loop, measured in one run.
+
+    python benchmarks/bulk_throughput.py [--images 24] [--side 128] [--workers 2] [--blocks 16] [--features 64]
+
+Both upscale the same folder of PNG crops of real photos and write PNGs (same relative keys):
+- the baseline is one Python loop in this process: read, decode, Upscaler, encode, write, with all of
+  torch's threads;
+- the job is srgan.batch.run_bulk_upscale with --workers actors sharing the machine's CPUs (each actor
+  gets cpu_count / workers CPUs, so torch threads add up to the same total), timed end to end on an
+  already running Ray (listing, actor start-up and model loading included);
+then the job is run again to time a resume that has nothing left to do. Output megapixels per second
+and the ratio job / loop are printed. Joins RAY_ADDRESS if set, else starts a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from srgan.batch import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
+from srgan.checkpoint import save_generator  # noqa: E402
+from srgan.imageio import decode_image, encode_image  # noqa: E402
+from srgan.inference import Upscaler, UpscalerOptions  # noqa: E402
+from srgan.models import SRResNet  # noqa: E402
+
+PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
+
+
+def make_inputs(folder: Path, count: int, side: int) -> None:
+    """``count`` side x side PNG crops of scikit-image's photos, in nested folders."""
+    import skimage.data
+
+    root = Path(skimage.data.__file__).parent
+    for i in range(count):
+        arr = np.asarray(Image.open(root / PHOTOS[i % len(PHOTOS)]).convert("RGB"))
+        y, x = (13 * i) % (arr.shape[0] - side), (29 * i) % (arr.shape[1] - side)
+        path = folder / f"set{i % 3}" / f"img_{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(arr[y : y + side, x : x + side])).save(path)
+
+
+def plain_loop(upscaler: Upscaler, src: Path, dst: Path) -> tuple[float, int]:
+    """The baseline: (seconds, output pixels)."""
+    t0, pixels = time.perf_counter(), 0
+    for path in sorted(src.rglob("*.png")):
+        out = upscaler.upscale_image(decode_image(path.read_bytes()))
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(encode_image(out, "png"))
+        pixels += out.size[0] * out.size[1]
+    return time.perf_counter() - t0, pixels
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--side", type=int, default=128, help="input side in pixels (output is 4x)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--blocks", type=int, default=16)
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4)
+    args = p.parse_args()
+
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="bench-bulk-"))
+    make_inputs(work / "in", args.images, args.side)
+    torch.manual_seed(0)
+    checkpoint = str(save_generator(work / "model", SRResNet(num_blocks=args.blocks, num_features=args.features)))
+    gpu = torch.cuda.is_available()
+
+    upscaler = Upscaler.from_checkpoint(checkpoint, options=UpscalerOptions())
+    upscaler.upscale_image(decode_image((work / "in" / "set0" / "img_000.png").read_bytes()))  # warm-up
+    loop_s, loop_pixels = plain_loop(upscaler, work / "in", work / "out-loop")
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    config = BulkUpscaleConfig(input=str(work / "in"), output=str(work / "out-job"), model=checkpoint, workers=args.workers,
+                               gpu=gpu, num_cpus=max(0.25, (cpus - 0.5) / args.workers), batch_size=args.batch_size)
+    quiet = lambda line: None  # noqa: E731
+    job = run_bulk_upscale(config, report=quiet)
+    rerun = run_bulk_upscale(config, report=quiet)
+    ray.shutdown()
+
+    loop_mps = loop_pixels / 1e6 / loop_s
+    device = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads in the loop"
+    print(f"device: {device}; SRResNet {args.blocks} blocks x {args.features} features, x4; "
+          f"{args.images} images {args.side}x{args.side} -> {job.output_megapixels:.2f} output MP")
+    print(f"{'run':<44}{'seconds':>9}{'out MP/s':>10}{'/ loop':>8}")
+    print(f"{'plain loop (one process)':<44}{loop_s:>9.2f}{loop_mps:>10.3f}{1.0:>8.2f}")
+    label = f"bulk job ({args.workers} actors x {config.num_cpus:.2f} CPU, end to end)"
+    print(f"{label:<44}{job.seconds:>9.2f}{job.megapixels_per_s:>10.3f}{job.megapixels_per_s / loop_mps:>8.2f}")
+    print(f"rerun (resume, nothing to do): skipped {rerun.skipped}, done {rerun.done}, {rerun.seconds:.2f} s")
+    print(json.dumps({"device": device, "images": args.images, "side": args.side, "workers": args.workers,
+                      "loop_s": loop_s, "loop_mp_per_s": loop_mps, "job_s": job.seconds, "job_mp_per_s": job.megapixels_per_s,
+                      "job_done": job.done, "job_failed": job.failed, "rerun_s": rerun.seconds, "rerun_skipped": rerun.skipped}))
+
+
+if __name__ == "__main__":
+    main()
