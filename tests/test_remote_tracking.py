@@ -1,8 +1,8 @@
 """The production topology on 127.0.0.1, every part started here: PostgreSQL (Debian's packages,
 installed by .ci/run when missing), MLflow's tracking server started by infra/mlflow/mlflow-server.sh
 with PostgreSQL as its backend store and its artifacts on a moto S3 server, a short training run
-that logs to it over HTTP, then evaluation and the Serve endpoint loading the registered champion
-through the same server.
+that logs to it over HTTP, then evaluation, the Serve endpoint and the bulk job loading the
+registered champion through the same server.
 
 Run, metrics and model version are read back from PostgreSQL itself (MLflow's client on the
 postgresql:// URI, and plain SQL); the artifacts are listed in the S3 bucket.
@@ -292,6 +292,20 @@ def test_training_tracks_to_the_server_and_the_champion_is_served(ray_cluster, r
 
     # The Serve endpoint loads the same champion through the server and answers an upscale request.
     _serve_the_champion(repo_root, server, tmp_path)
+
+    # The bulk job resolves the champion through the server too, and writes x4 images to S3.
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.put_object(Bucket=training_data, Key="incoming/a/photo.png", Body=_png(load_photo("coffee.png")[100:148, 200:264]))
+    bulk = subprocess.run(
+        [sys.executable, str(repo_root / "pipelines" / "upscale.py"), "--input", f"s3://{training_data}/incoming",
+         "--output", f"s3://{training_data}/upscaled", "--model", f"models:/{MODEL_NAME}@champion", "--tracking-uri", server,
+         "--workers", "1", "--num-cpus", "0.25"],
+        cwd=work, capture_output=True, text=True, timeout=600,
+    )
+    assert bulk.returncode == 0, bulk.stdout[-3000:] + bulk.stderr[-3000:]
+    assert "done 1, skipped 0, failed 0" in bulk.stdout, bulk.stdout[-2000:]
+    out = Image.open(io.BytesIO(client.get_object(Bucket=training_data, Key="upscaled/a/photo.png")["Body"].read()))
+    assert out.size == (256, 192)
 
 
 def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
