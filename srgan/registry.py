@@ -110,11 +110,12 @@ def pin_model_uri(uri: str, *, tracking_uri: str) -> str:
     return f"models:/{version.name}/{version.version}"
 
 
-def download_model(uri: str, *, tracking_uri: str) -> Path:
+def download_model(uri: str, *, tracking_uri: str | None) -> Path:
     """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` into a fresh local directory.
 
     The version is resolved with an explicit client (no process-wide MLflow state is changed), then
-    its source folder is downloaded.
+    its source folder is downloaded; with a tracking server that stores artifacts behind its proxy,
+    both go through the server. ``tracking_uri=None``: MLFLOW_TRACKING_URI, else the SQLite default.
     """
     import mlflow
     from mlflow.exceptions import MlflowException

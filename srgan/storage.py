@@ -61,7 +61,7 @@ def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None, tr
     if uri.startswith("models:/"):
         from srgan.registry import download_model
 
-        return download_model(uri, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+        return download_model(uri, tracking_uri=tracking_uri)  # None: MLFLOW_TRACKING_URI, else the default
     if uri.startswith(("http://", "https://")):
         dest = Path(tempfile.mkdtemp(prefix="srgan-fetch-")) / Path(urllib.parse.urlparse(uri).path).name
         with urllib.request.urlopen(uri, timeout=60) as resp, open(dest, "wb") as out:  # noqa: S310 (explicit user URI)

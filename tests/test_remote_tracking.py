@@ -187,6 +187,18 @@ def test_server_script_keeps_the_password_out_of_the_uri(repo_root, tmp_path):
     assert proc.returncode == 2 and "postgresql://" in proc.stderr, proc.stderr
 
 
+def test_an_empty_tracking_uri_means_the_standard_variable(monkeypatch, tmp_path):
+    """A cluster names its tracking server once, in every node's MLFLOW_TRACKING_URI."""
+    from srgan.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.srgan.internal:5000")
+    assert resolve_tracking_uri("") == resolve_tracking_uri(None) == "http://mlflow.srgan.internal:5000"
+    assert resolve_tracking_uri("sqlite:///other.db") == f"sqlite:///{tmp_path / 'other.db'}"  # an explicit URI wins
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert resolve_tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 # --------------------------------------------------------------------------------- the pipeline
 
 
