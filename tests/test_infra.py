@@ -163,6 +163,15 @@ def test_cluster_header_gives_the_lifecycle_with_valid_pipeline_commands(repo_ro
         _check_pipeline_command(shlex.split(cmd)[1:], root=repo_root)
 
 
+def test_operations_guide_commands_are_valid_pipeline_commands(repo_root):
+    """Every ``python pipelines/...`` command in docs/cluster.md parses with that pipeline's own CLI."""
+    text = (repo_root / "docs" / "cluster.md").read_text().replace("\\\n", " ")
+    commands = re.findall(r"python (pipelines/\w+\.py [^`\n]*)", text)
+    assert {shlex.split(c)[0] for c in commands} >= {"pipelines/train.py", "pipelines/upscale.py", "pipelines/evaluate.py"}
+    for cmd in commands:
+        _check_pipeline_command(shlex.split(cmd), root=repo_root)
+
+
 # ------------------------------------------------------------------------- the pipelines' own CLIs
 
 
