@@ -72,6 +72,8 @@ def save_generator(
 def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``checkpoint.json`` of a local checkpoint directory."""
     path = Path(directory)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a directory")
     meta_path = path / META_FILE

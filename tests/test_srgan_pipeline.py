@@ -1,0 +1,261 @@
+"""The SRGAN phase and automatic fault recovery, end to end on the session's Ray cluster and MLflow on SQLite.
+
+A short SRResNet run registers ``models:/srgan-generator@champion``; the SRGAN phase starts from it
+with two DDP workers (gloo) and random VGG weights; then a driver re-run resumes it. A separate run
+has one of its worker processes killed (SIGKILL, by pid) and must finish by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import load_photo
+from srgan.checkpoint import load_generator, save_generator, state_fingerprint
+from srgan.models import DiscriminatorConfig, GeneratorConfig, build_discriminator, build_generator
+
+PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "coffee.png"]
+SMALL_G = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true"]
+SMALL_D = ["--set", "discriminator.base_features=8", "--set", "discriminator.dense_features=16"]
+
+
+def _train_cmd(repo_root: Path, *args: str) -> list[str]:
+    return [sys.executable, str(repo_root / "pipelines" / "train.py"), *args]
+
+
+def _train(repo_root, workdir, *args, timeout=600, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(_train_cmd(repo_root, *args), cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _steps(client, run_id, key) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory, datasets_dir):
+    """Four real photos to train on; two Set5 images (HR + MATLAB LR) to validate on."""
+    root = tmp_path_factory.mktemp("srgan-data")
+    (root / "train").mkdir()
+    for name in PHOTOS:
+        Image.fromarray(load_photo(name)).convert("RGB").save(root / "train" / f"{Path(name).stem}.png")
+    for sub, suffix in (("HR", ""), ("LR_bicubic/X4", "x4")):
+        (root / "val" / sub).mkdir(parents=True)
+        for name in ("butterfly", "head"):
+            shutil.copy(datasets_dir / "Set5" / sub / f"{name}{suffix}.png", root / "val" / sub)
+    return root / "train", root / "val"
+
+
+@pytest.fixture(scope="module")
+def workspace(local_data, tmp_path_factory):
+    train_dir, val_dir = local_data
+    work = tmp_path_factory.mktemp("srgan-e2e")
+    db = f"sqlite:///{work / 'mlflow.db'}"
+    common = ["--data", str(train_dir), "--val-data", str(val_dir), "--storage", str(work / "runs"), "--tracking-uri", db,
+              *SMALL_G, "--set", "data.crop_size=32", "--set", "data.crops_per_image=2"]
+    return work, db, common
+
+
+@pytest.fixture(scope="module")
+def srresnet_champion(ray_cluster, repo_root, workspace):
+    """A short SRResNet run: its best generator becomes models:/srgan-generator@champion."""
+    work, db, common = workspace
+    proc = _train(repo_root, work, *common, "--name", "mse", "--steps", "2", "--batch-size", "2",
+                  "--set", "train.log_every=1", "--set", "train.val_every=2", "--set", "train.checkpoint_every=2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "registered:  models:/srgan-generator/1  (alias @champion)" in proc.stdout
+    return "models:/srgan-generator@champion"
+
+
+def test_srgan_phase_from_the_registered_srresnet_then_resume(repo_root, workspace, srresnet_champion):
+    work, db, common = workspace
+    args = [*common, *SMALL_D, "--phase", "srgan", "--init-from", srresnet_champion, "--vgg-weights", "random",
+            "--name", "gan", "--workers", "2", "--batch-size", "4",
+            "--set", "train.log_every=1", "--set", "train.val_every=2", "--set", "train.checkpoint_every=2"]
+    first = _train(repo_root, work, *args, "--steps", "4")
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out[-4000:]
+    assert "--vgg-weights random" in first.stdout and "NOT perceptual" in first.stdout  # said loudly
+    assert "generator initialised from models:/srgan-generator/1 (models:/srgan-generator@champion)" in out
+    assert "registered:  models:/srgan-generator-gan/1  (alias @champion)" in first.stdout
+    assert "selected by: val_content_distance" in first.stdout
+
+    client = MlflowClient(db, registry_uri=db)
+    experiment = client.get_experiment_by_name("srgan").experiment_id
+    [run] = client.search_runs([experiment], "attributes.run_name = 'gan'")
+    run_id = run.info.run_id
+    for key in ("train/loss_g", "train/loss_g_content", "train/loss_g_adversarial", "train/loss_d", "train/d_real", "train/d_fake"):
+        assert _steps(client, run_id, key) == [1, 2, 3, 4], key
+    assert _steps(client, run_id, "val/content_distance") == [2, 4]
+    assert _steps(client, run_id, "val/psnr_y") == [2, 4]
+    metrics = client.get_run(run_id).data.metrics
+    assert 0 < metrics["train/d_real"] < 1 and 0 < metrics["train/d_fake"] < 1
+    assert run.data.params["train.phase"] == "srgan" and run.data.params["loss.adversarial_weight"] == "0.001"
+    assert any("val_grid" in a.path for a in client.list_artifacts(run_id, "images"))
+
+    # Step 0: G is bit-identical to the registered SRResNet; D starts fresh.
+    tags = client.get_run(run_id).data.tags
+    assert tags["srgan.init_from_resolved"] == "models:/srgan-generator/1"
+    srresnet, _ = load_generator("models:/srgan-generator/1", tracking_uri=db)
+    assert tags["srgan.step0_fingerprint.net_g"] == state_fingerprint(srresnet)
+    # At the end both G and D have moved (read from the last training checkpoint: G, D, optimisers).
+    state = torch.load(_latest_checkpoint(work / "runs" / "gan") / "training_state.pt", map_location="cpu", weights_only=True)
+    net_g = build_generator(GeneratorConfig(num_blocks=1, num_features=8, bicubic_skip=True))
+    net_g.load_state_dict(state["net_g"])
+    net_d = build_discriminator(DiscriminatorConfig(base_features=8, dense_features=16))
+    net_d.load_state_dict(state["net_d"])
+    assert state["step"] == 4 and state["optimizer_d"]["state"]
+    assert state_fingerprint(net_g) != state_fingerprint(srresnet)
+    assert state_fingerprint(net_d) != tags["srgan.step0_fingerprint.net_d"]
+
+    # Registered under its own name, tagged with its phase; the PSNR-selected champion is untouched.
+    gan = client.get_model_version_by_alias("srgan-generator-gan", "champion")
+    assert gan.run_id == run_id and gan.tags["phase"] == "srgan" and gan.tags["selection_metric"] == "val_content_distance"
+    distances = {m.step: m.value for m in client.get_metric_history(run_id, "val/content_distance")}
+    assert int(gan.tags["step"]) == min(distances, key=distances.get)  # the lowest distance was selected
+    assert float(gan.tags["val_content_distance"]) == pytest.approx(min(distances.values()), abs=1e-6)
+    assert str(client.get_model_version_by_alias("srgan-generator", "champion").version) == "1"
+
+    # The driver "dies" (it finished); re-running the command with more steps resumes the same run.
+    second = _train(repo_root, work, *args, "--steps", "6")
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert "resumed from step 4" in second.stdout + second.stderr
+    assert [r.info.run_id for r in client.search_runs([experiment], "attributes.run_name = 'gan'")] == [run_id]
+    assert _steps(client, run_id, "train/loss_d") == [1, 2, 3, 4, 5, 6]
+    assert _steps(client, run_id, "val/content_distance") == [2, 4, 6]
+    assert sorted(str(v.version) for v in client.search_model_versions("name='srgan-generator-gan'")) == ["1", "2"]
+
+
+def _latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete Ray Train checkpoint folder of a run (the one with the highest step)."""
+    found = [p.parent for p in run_dir.glob("**/training_state.pt")]
+    assert found, f"no checkpoint under {run_dir}"
+    return max(found, key=lambda p: torch.load(p / "training_state.pt", map_location="cpu", weights_only=True)["step"])
+
+
+class _Output:
+    """Reads a process's merged output on a thread; lets the test wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, proc) -> None:
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := re.search(pattern, line):
+                    return m
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{''.join(self.lines)[-4000:]}")
+
+    def text(self) -> str:
+        self._thread.join(timeout=30)
+        return "".join(self.lines)
+
+
+def _registered_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the latest checkpoint Ray Train has registered (its checkpoint manager's snapshot).
+
+    Ray registers a checkpoint once the controller has polled every rank's report (every 2 s), so a
+    checkpoint only counts from then on: a worker killed just after a report can lose that one."""
+    import json
+
+    try:
+        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return latest["metrics"]["step"] if latest else None
+
+
+def test_a_killed_worker_is_restored_from_the_last_checkpoint(ray_cluster, repo_root, workspace):
+    work, db, common = workspace
+    steps, every = 40, 4
+    run_dir = work / "runs" / "fault"
+    proc = subprocess.Popen(
+        _train_cmd(repo_root, *common, "--name", "fault", "--workers", "2", "--batch-size", "4", "--steps", str(steps),
+                   "--max-failures", "2", "--set", "train.log_every=1", "--set", f"train.val_every={every}", "--set", f"train.checkpoint_every={every}"),
+        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output = _Output(proc)
+    try:
+        pid = int(output.wait_for(r"\[srgan\] worker rank 1/2 pid (\d+)", timeout=300).group(1))
+        deadline = time.monotonic() + 300
+        while (registered := _registered_checkpoint_step(run_dir)) is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was registered:\n" + "".join(output.lines)[-4000:]
+            time.sleep(0.05)
+        assert registered < steps, "the run finished before the kill; make it longer"
+        os.kill(pid, signal.SIGKILL)  # the worker process dies mid-run
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = output.text()
+    assert proc.returncode == 0, text[-5000:]
+    assert "[FailurePolicy] RETRY" in text
+    resumed = [int(n) for n in re.findall(r"resumed from step (\d+)", text)]
+    assert len(resumed) == 1 and resumed[0] % every == 0 and registered <= resumed[0] < steps, text[-5000:]
+    pids = {int(p) for p in re.findall(r"worker rank \d/2 pid (\d+)", text)}
+    assert pid in pids and len(pids) == 4  # a new worker group of two was started
+
+    client = MlflowClient(db, registry_uri=db)
+    runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id], "attributes.run_name = 'fault'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert _steps(client, run_id, "train/loss") == list(range(1, steps + 1))  # each step once, none missing
+    assert _steps(client, run_id, "val/psnr_y") == list(range(every, steps + 1, every))
+    assert _registered_checkpoint_step(run_dir) == steps
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        ([], "VGG19 ImageNet weights not found in torchvision's cache"),
+        (["--vgg-weights", "/no/such/vgg19.pth"], "VGG19 weights not found at /no/such/vgg19.pth"),
+    ],
+)
+def test_missing_vgg_weights_is_one_line_before_ray_starts(repo_root, local_data, tmp_path, extra, match):
+    train_dir, val_dir = local_data
+    save_generator(tmp_path / "srresnet", build_generator(GeneratorConfig(num_blocks=1, num_features=8)))
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty-torch-home")}
+    proc = _train(repo_root, tmp_path, "--phase", "srgan", "--init-from", str(tmp_path / "srresnet"), "--data", str(train_dir),
+                  "--val-data", str(val_dir), "--set", "model.num_blocks=1", "--set", "model.num_features=8", *extra, timeout=120, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
+    assert "--vgg-weights PATH|URI" in lines[0]  # says how to supply them
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--phase", "srgan"], "--phase srgan needs --init-from"),
+        (["--phase", "srgan", "--init-from", "/no/such/checkpoint", "--vgg-weights", "random"], "checkpoint /no/such/checkpoint does not exist"),
+        (["--phase", "srgan", "--init-from", "{ckpt}", "--vgg-weights", "random"], "is a different generator; set --set model.num_blocks=1"),
+    ],
+)
+def test_bad_init_from_is_one_line(repo_root, local_data, tmp_path, args, match):
+    train_dir, val_dir = local_data
+    save_generator(tmp_path / "ckpt", build_generator(GeneratorConfig(num_blocks=1, num_features=8)))
+    args = [a.replace("{ckpt}", str(tmp_path / "ckpt")) for a in args]
+    proc = _train(repo_root, tmp_path, *args, "--data", str(train_dir), "--val-data", str(val_dir), timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], proc.stderr
