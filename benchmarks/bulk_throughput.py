@@ -8,8 +8,9 @@ Both upscale the same folder of PNG crops of real photos and write PNGs (same re
 - the job is srgan.batch.run_bulk_upscale with --workers actors sharing the machine's CPUs (each actor
   gets cpu_count / workers CPUs, so torch threads add up to the same total), timed end to end on an
   already running Ray (listing, actor start-up and model loading included);
-then the job is run again to time a resume that has nothing left to do. Output megapixels per second
-and the ratio job / loop are printed. Joins RAY_ADDRESS if set, else starts a local Ray.
+then the job is run again to time a resume that has nothing left to do. Loop and job alternate
+``--repeats`` times (fresh outputs each time; the machine's load drifts); the medians of output
+megapixels per second and their ratio are printed. Joins RAY_ADDRESS if set, else starts a local Ray.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -72,6 +74,7 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=16)
     p.add_argument("--features", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2, help="loop/job pairs, alternated")
     args = p.parse_args()
 
     import ray
@@ -84,32 +87,38 @@ def main() -> None:
 
     upscaler = Upscaler.from_checkpoint(checkpoint, options=UpscalerOptions())
     upscaler.upscale_image(decode_image((work / "in" / "set0" / "img_000.png").read_bytes()))  # warm-up
-    loop_s, loop_pixels = plain_loop(upscaler, work / "in", work / "out-loop")
 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    config = BulkUpscaleConfig(input=str(work / "in"), output=str(work / "out-job"), model=checkpoint, workers=args.workers,
-                               gpu=gpu, num_cpus=max(0.25, (cpus - 0.5) / args.workers), batch_size=args.batch_size)
     quiet = lambda line: None  # noqa: E731
-    job = run_bulk_upscale(config, report=quiet)
+    loop_runs, jobs = [], []
+    for repeat in range(args.repeats):
+        loop_runs.append(plain_loop(upscaler, work / "in", work / f"out-loop-{repeat}"))
+        config = BulkUpscaleConfig(input=str(work / "in"), output=str(work / f"out-job-{repeat}"), model=checkpoint, workers=args.workers,
+                                   gpu=gpu, num_cpus=max(0.25, (cpus - 0.5) / args.workers), batch_size=args.batch_size)
+        jobs.append(run_bulk_upscale(config, report=quiet))
     rerun = run_bulk_upscale(config, report=quiet)
     ray.shutdown()
 
-    loop_mps = loop_pixels / 1e6 / loop_s
+    loop_s = statistics.median(s for s, _ in loop_runs)
+    loop_mps = loop_runs[0][1] / 1e6 / loop_s
+    job_s = statistics.median(j.seconds for j in jobs)
+    job_mps = jobs[0].output_megapixels / job_s
     device = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads in the loop"
     print(f"device: {device}; SRResNet {args.blocks} blocks x {args.features} features, x4; "
-          f"{args.images} images {args.side}x{args.side} -> {job.output_megapixels:.2f} output MP")
+          f"{args.images} images {args.side}x{args.side} -> {jobs[0].output_megapixels:.2f} output MP; medians of {args.repeats} runs")
     print(f"{'run':<44}{'seconds':>9}{'out MP/s':>10}{'/ loop':>8}")
     print(f"{'plain loop (one process)':<44}{loop_s:>9.2f}{loop_mps:>10.3f}{1.0:>8.2f}")
     label = f"bulk job ({args.workers} actors x {config.num_cpus:.2f} CPU, end to end)"
-    print(f"{label:<44}{job.seconds:>9.2f}{job.megapixels_per_s:>10.3f}{job.megapixels_per_s / loop_mps:>8.2f}")
+    print(f"{label:<44}{job_s:>9.2f}{job_mps:>10.3f}{job_mps / loop_mps:>8.2f}")
     print(f"rerun (resume, nothing to do): skipped {rerun.skipped}, done {rerun.done}, {rerun.seconds:.2f} s")
-    print(json.dumps({"device": device, "images": args.images, "side": args.side, "workers": args.workers,
-                      "loop_s": loop_s, "loop_mp_per_s": loop_mps, "job_s": job.seconds, "job_mp_per_s": job.megapixels_per_s,
-                      "job_done": job.done, "job_failed": job.failed, "rerun_s": rerun.seconds, "rerun_skipped": rerun.skipped}))
+    print(f"all runs: loop {[round(s, 2) for s, _ in loop_runs]} s, job {[round(j.seconds, 2) for j in jobs]} s")
+    print(json.dumps({"device": device, "images": args.images, "side": args.side, "workers": args.workers, "repeats": args.repeats,
+                      "loop_s": loop_s, "loop_mp_per_s": loop_mps, "job_s": job_s, "job_mp_per_s": job_mps,
+                      "job_done": [j.done for j in jobs], "job_failed": [j.failed for j in jobs], "rerun_s": rerun.seconds, "rerun_skipped": rerun.skipped}))
 
 
 if __name__ == "__main__":
