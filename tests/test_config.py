@@ -15,11 +15,15 @@ def test_defaults_are_the_paper():
 
 
 def test_shipped_configs_load(repo_root):
-    for name in ("demo_cpu.yaml", "paper_srresnet_x4.yaml"):
-        path = repo_root / "configs" / name
+    paths = sorted((repo_root / "configs").glob("*.yaml"))
+    assert len(paths) >= 5
+    for path in paths:
+        header = path.read_text().split("\n\n")[0]
         assert path.read_text().startswith("#"), "each config starts with its launch command"
-        assert "pipelines/train.py" in path.read_text().split("\n\n")[0]
-        assert isinstance(build_config(path, {}, []), Config)
+        assert "pipelines/train.py" in header
+        flags = {"init_from": "models:/srgan-generator@champion"} if "phase: srgan" in path.read_text() else {}
+        assert "--init-from" in header or not flags
+        assert isinstance(build_config(path, flags, []), Config)
     paper = build_config(repo_root / "configs" / "paper_srresnet_x4.yaml", {}, [])
     assert paper.model.num_blocks == 16 and paper.train.steps == 1_000_000 and not paper.model.bicubic_skip
 
@@ -78,3 +82,19 @@ def test_flatten_for_mlflow_params():
     flat = flatten(config_from_dict({}))
     assert flat["model.num_blocks"] == "16" and flat["loss.adversarial_weight"] == "0.001"
     assert all("." in k for k in flat)
+
+
+def test_srgan_phase_needs_init_from_and_registers_under_its_own_name(repo_root):
+    with pytest.raises(ConfigError, match="--phase srgan needs --init-from"):
+        build_config(None, {"phase": "srgan"}, [])
+    cfg = build_config(repo_root / "configs" / "paper_srgan_x4.yaml", {"init_from": "models:/srgan-generator@champion"}, [])
+    assert cfg.train.phase == "srgan" and cfg.registered_name == "srgan-generator-gan"
+    assert cfg.loss.content_layer == "relu5_4" and cfg.loss.adversarial_weight == 1e-3
+    assert cfg.optim.lr == 1e-4 and cfg.optim.lr_decay_step == 100_000 and cfg.train.steps == 200_000
+    assert cfg.discriminator.base_features == 64 and cfg.run.max_failures == 3
+    assert build_config(None, {}, []).registered_name == "srgan-generator"
+    assert build_config(None, {"register_as": "mine"}, []).registered_name == "mine"
+    vgg22 = build_config(None, {"vgg_weights": "random"}, ["loss.content_layer=vgg22"])
+    assert vgg22.loss.content_layer == "relu2_2" and vgg22.loss.vgg_weights == "random"
+    with pytest.raises(ConfigError, match="discriminator"):
+        build_config(None, {}, ["discriminator.base_features=0"])

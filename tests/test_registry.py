@@ -34,6 +34,23 @@ def test_champion_moves_only_when_better(tmp_path):
     assert files == ["generator/step_10/checkpoint.json", "generator/step_10/generator.safetensors"]
 
 
+def test_lower_is_better_metric_and_pinning_an_alias(tmp_path):
+    from srgan.registry import pin_model_uri
+
+    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id, _ = open_run(uri, experiment="exp", run_key="gan", run_name="gan")
+    for step, distance in ((10, 0.50), (20, 0.70), (30, 0.40)):
+        ckpt = save_generator(tmp_path / f"ck{step}", SRResNet(num_blocks=1, num_features=4))
+        reg = register_generator(uri, run_id=run_id, checkpoint_dir=ckpt, step=step, name="gan", metric_name="val_content_distance",
+                                 metric_value=distance, higher_is_better=False, tags={"phase": "srgan"})
+        assert reg.champion == (distance != 0.70)
+    client = MlflowClient(uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("gan", "champion")
+    assert str(champion.version) == "3" and champion.tags["phase"] == "srgan" and champion.tags["val_content_distance"] == "0.400000"
+    assert pin_model_uri("models:/gan@champion", tracking_uri=uri) == "models:/gan/3"
+    assert pin_model_uri("models:/gan/2", tracking_uri=uri) == "models:/gan/2"
+
+
 def test_same_run_key_resumes_and_steps_are_not_repeated(tmp_path):
     uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id, _ = open_run(uri, experiment="exp", run_key="same", run_name="r")
