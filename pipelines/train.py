@@ -9,7 +9,7 @@ photo set made offline from scikit-image's bundled photos, configs/demo_cpu.yaml
 Then the SRGAN phase, starting from the SRResNet champion (VGG19 weights from torchvision's cache,
 or --vgg-weights PATH|URI):
 
-    ray job submit --working-dir . -- python pipelines/train.py --config configs/paper_srgan_x4.yaml \
+    ray job submit --working-dir . -- python pipelines/train.py --config configs/paper_srgan_x4.yaml \\
         --init-from models:/srgan-generator@champion --data s3://bucket/imagenet/train ...
 
 Re-running the same command with the same --name and --storage resumes from the latest checkpoint;
