@@ -179,7 +179,7 @@ def mlflow_server(postgres, s3_server, repo_root, tmp_path_factory):
 
 
 def test_server_script_keeps_the_password_out_of_the_uri(repo_root, tmp_path):
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:hunter2@db:5432/mlflow", "MLFLOW_ARTIFACTS_DESTINATION": "s3://b/p"}
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:PASSWORD@db:5432/mlflow", "MLFLOW_ARTIFACTS_DESTINATION": "s3://b/p"}
     proc = subprocess.run(["bash", str(repo_root / "infra" / "mlflow" / "mlflow-server.sh")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "PGPASSWORD" in proc.stderr, proc.stderr
     env["MLFLOW_BACKEND_STORE_URI"] = "sqlite:///mlflow.db"
