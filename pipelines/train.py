@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="run name; the same name + storage resumes the run")
     p.add_argument("--storage", help="Ray Train storage for checkpoints: a local directory or s3://bucket/prefix")
     p.add_argument("--max-failures", type=int, help="worker failures to recover from by restarting from the last checkpoint (default 3)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in the working directory)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI: http(s):// server, or sqlite:///FILE (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)")
     p.add_argument("--experiment", help="MLflow experiment name")
     p.add_argument("--register-as", help="MLflow registered model name (default: srgan-generator for srresnet, srgan-generator-gan for srgan)")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS)")

@@ -122,7 +122,7 @@ class RunSettings:
     gpu: bool = False
     cpus_per_worker: float = 0.0  # 0 = automatic (fractional on small CPU machines so Ray Data can run)
     max_failures: int = 3  # worker failures Ray Train recovers from (restart from the last checkpoint)
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
     experiment: str = "srgan"
     register_as: str = ""  # "" = the phase's own name: srgan-generator (srresnet), srgan-generator-gan (srgan)
 
