@@ -150,7 +150,8 @@ class ServeOptions:
         if self.min_replicas is None and self.max_replicas is None:
             return None
         low = 1 if self.min_replicas is None else self.min_replicas
-        return low, max(1, low) if self.max_replicas is None else self.max_replicas
+        high = max(1, low) if self.max_replicas is None else self.max_replicas
+        return low, high
 
     @property
     def limits(self) -> ImageLimits:
@@ -309,7 +310,7 @@ class _Stats:
     batched_images: int = 0
     largest_batch: int = 0
     tiled_alone: int = 0
-    reloads: int = 0
+    model_loads: int = 0
     started: float = field(default_factory=time.time)
 
 
@@ -354,7 +355,7 @@ class UpscaleService:
                 return
             upscaler = await asyncio.to_thread(self._load, config, source)
             self.upscaler, self.config = upscaler, config
-            self.stats.reloads += 1
+            self.stats.model_loads += 1
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this at start and whenever ``user_config`` changes (no replica restart)."""
