@@ -97,10 +97,9 @@ def _registry_source(uri: str, tracking_uri: str | None) -> ModelSource:
     from mlflow.exceptions import MlflowException
 
     from srgan.registry import pin_model_uri
-    from srgan.storage import DEFAULT_TRACKING_URI
     from srgan.tracking import resolve_tracking_uri
 
-    store = resolve_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    store = resolve_tracking_uri(tracking_uri)  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     hint = "train and register one with pipelines/train.py, point --tracking-uri at the right store, or pass a checkpoint directory"
     # MLflow would create an empty database at a missing SQLite path: say so instead.
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).is_file():
