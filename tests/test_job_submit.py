@@ -24,6 +24,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def job_cluster(monkeypatch):
     # The job's entrypoint runs `python` from the cluster's PATH, as on a node built from the image.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    # Not the session cluster's address: this head node, its job agent and the job's driver must
+    # find this cluster, and `ray job submit` gets its address explicitly.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     temp_dir = Path("/tmp") / f"rayjob-{os.getpid()}"
     head = start_ray_head(temp_dir, dashboard=True)
     try:
