@@ -247,7 +247,7 @@ def _same_or_inside(inner: str, outer: str) -> bool:
 
 def _list_inputs(config: BulkUpscaleConfig) -> tuple[pafs.FileSystem, str, bool, dict[str, str], list[Failure]]:
     """(fs, root, parquet?, key -> path or shard, inputs refused by size) for the input URI."""
-    from srgan.data import _list_image_infos, is_parquet_source, list_parquet_shards
+    from srgan.data import list_image_infos, is_parquet_source, list_parquet_shards
 
     if is_parquet_source(config.input, s3_endpoint=config.s3_endpoint):
         fs, shards = list_parquet_shards(config.input, s3_endpoint=config.s3_endpoint)
@@ -256,7 +256,7 @@ def _list_inputs(config: BulkUpscaleConfig) -> tuple[pafs.FileSystem, str, bool,
             for key in pq.read_table(shard, columns=["path"], filesystem=fs).column("path").to_pylist():
                 located.setdefault(key, shard)
         return fs, resolve(config.input, s3_endpoint=config.s3_endpoint)[1], True, located, []
-    fs, root, infos = _list_image_infos(config.input, config.s3_endpoint)
+    fs, root, infos = list_image_infos(config.input, config.s3_endpoint)
     located, refused = {}, []
     for info in infos:
         key = info.path[len(root.rstrip("/")) + 1 :]
@@ -395,9 +395,9 @@ def _execute(config: BulkUpscaleConfig, plan: Plan, source: ModelSource, summary
     """Run the dataset; fills ``summary`` and returns the failures it met (missing inputs included)."""
     from ray.data import DataContext  # RAY
 
-    from srgan.train import _ray_init  # RAY: the project's one way to join or start a cluster
+    from srgan.train import init_ray  # RAY: the project's one way to join or start a cluster
 
-    _ray_init()
+    init_ray()
     DataContext.get_current().enable_progress_bars = False  # the driver prints its own progress lines
     failures, seen = [], set()
     progress = _Progress(len(plan.todo), summary, report)

@@ -53,6 +53,7 @@ __all__ = [
     "SKIP_KINDS",
     "SHARD_COLUMNS",
     "list_images",
+    "list_image_infos",
     "is_parquet_source",
     "list_parquet_shards",
     "decode_and_crop",
@@ -111,7 +112,7 @@ def _list_files(fs: pafs.FileSystem, root: str, uri: str, *, recursive: bool) ->
     return [i for i in infos if i.type == pafs.FileType.File]
 
 
-def _list_image_infos(uri: str, s3_endpoint: str | None) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
+def list_image_infos(uri: str, s3_endpoint: str | None) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
     """(filesystem, root, image file infos sorted by path). ``root`` is what keys are made relative to."""
     fs, path = _resolve(uri, s3_endpoint)
     info = _info(fs, path, uri)
@@ -134,7 +135,7 @@ def list_images(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileS
     Returns ``(filesystem, paths)`` with paths in the filesystem's own form (``bucket/key`` on S3,
     absolute on local disk). A missing prefix, or one without images, raises :class:`UserError`.
     """
-    fs, _, images = _list_image_infos(uri, s3_endpoint)
+    fs, _, images = list_image_infos(uri, s3_endpoint)
     return fs, [i.path for i in images]
 
 
@@ -390,7 +391,7 @@ def build_train_dataset(
         ds = ds.select_columns(list(SHARD_COLUMNS))
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
-        fs, root, images = _list_image_infos(uri, s3_endpoint)
+        fs, root, images = list_image_infos(uri, s3_endpoint)
         paths = [i.path for i in images]
         ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=num_cpus)
         image_column = "bytes"
@@ -494,7 +495,7 @@ def pack_images(
         raise UserError(f"images per shard must be >= 1, got {images_per_shard}")
     if threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
-    in_fs, in_root, images = _list_image_infos(input_uri, s3_endpoint)
+    in_fs, in_root, images = list_image_infos(input_uri, s3_endpoint)
     out_fs, out_path = _resolve(output_uri, s3_endpoint)
     _check_output(in_fs, in_root, out_fs, out_path, output_uri)
     if isinstance(out_fs, pafs.LocalFileSystem):

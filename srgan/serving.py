@@ -508,11 +508,11 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     The model is checked before Ray starts, so a missing or unregistered model is a one-line error.
     On Ctrl-C or SIGTERM the application is deleted (and Serve shut down if this call started it).
     """
-    from srgan.train import _ray_init  # RAY: the project's one way to join or start a cluster
+    from srgan.train import init_ray  # RAY: the project's one way to join or start a cluster
 
     source = resolve_model_source(options.model, tracking_uri=options.tracking_uri)
     options = _portable(options, source)
-    _ray_init()
+    init_ray()
     already_running = _serve_is_running()
     serve.start(http_options={"host": host, "port": port})
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -40,7 +40,7 @@ from srgan.config import Config, config_from_dict, flatten
 from srgan.engine import cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, unwrap, validate
 from srgan.models import build_discriminator, build_generator
 
-__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "TRAINING_STATE_FILE", "SELECTION", "Selection"]
+__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "init_ray", "TRAINING_STATE_FILE", "SELECTION", "Selection"]
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,9 @@ class TrainSummary:
     selection_value: float | None = None
 
 
-def _ray_init() -> None:
+def init_ray() -> None:
+    """Join the cluster at RAY_ADDRESS (ray job submit, ray start), else start a local one on the
+    loopback interface. The one place the project connects to Ray: training, Serve and bulk jobs."""
     import ray  # RAY
 
     if ray.is_initialized():
@@ -437,7 +439,7 @@ def run_training(config: Config) -> TrainSummary:
     init_from = _pin_init_from(config.train.init_from, tracking_uri, run_id)
     selection = SELECTION[config.train.phase]
 
-    _ray_init()
+    init_ray()
     skip_counter = f"srgan-skips-{config.run.name}-{uuid.uuid4().hex[:8]}"
     dataset = build_train_dataset(  # RAY: Ray Data decode + random crop -> uint8 Arrow tensors
         config.data.train,
