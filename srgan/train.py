@@ -272,7 +272,7 @@ def _format_losses(losses: dict[str, float]) -> str:
     if "loss_g" not in losses:
         return f"loss {losses['loss']:.5f}"
     return (
-        f"G {losses['loss_g']:.4f} (content {losses['loss_g_content']:.4f}, adv {losses['loss_g_adversarial']:.3f}) "
+        f"G {losses['loss_g']:.4g} (content {losses['loss_g_content']:.4g}, adv {losses['loss_g_adversarial']:.4g}) "
         f"D {losses['loss_d']:.3f} D(x) {losses['d_real']:.2f} D(G(z)) {losses['d_fake']:.2f}"
     )
 
