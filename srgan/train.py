@@ -348,7 +348,7 @@ def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Conf
     logger.log(metrics, step)
     if result.grid is not None:
         logger.log_image(result.grid, key="val_grid_lr_bicubic_sr_hr", step=step)
-    perceptual = f", VGG distance {result.content_distance:.4f}" if result.content_distance is not None else ""
+    perceptual = f", VGG distance {result.content_distance:.4g}" if result.content_distance is not None else ""
     print(f"[srgan] step {step} validation: Y-PSNR {result.score.psnr_y:.2f} dB, SSIM {result.score.ssim_y:.4f}{perceptual} on {len(result.score.images)} images ({time.perf_counter() - t0:.1f} s)", flush=True)
     reported = {"val_psnr_y": result.score.psnr_y, "val_ssim_y": result.score.ssim_y}
     if result.content_distance is not None:
