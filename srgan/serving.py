@@ -502,7 +502,11 @@ def _portable(options: ServeOptions, source: ModelSource) -> ServeOptions:
     return replace(options, model=source.uri)
 
 
-def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, report=print) -> None:
+def _report(line: str) -> None:
+    print(line, flush=True)  # flushed: a redirected stdout must show "stopping" even if shutdown then hangs
+
+
+def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8000, report=_report) -> None:
     """Deploy on Ray Serve (the cluster at RAY_ADDRESS, else a local one) and block until interrupted.
 
     The model is checked before Ray starts, so a missing or unregistered model is a one-line error.

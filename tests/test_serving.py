@@ -377,7 +377,12 @@ def test_model_from_registry_alias_and_update_without_downtime(server, repo_root
 def test_cli_stops_cleanly_on_interrupt(server):
     url, proc, log_path = server
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+    # Serve's shutdown (controller, proxy, replicas) can take minutes on a loaded 2-core machine.
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve.py did not stop within 300 s of SIGINT:\n" + log_path.read_text()[-3000:])
+    assert code == 0, log_path.read_text()[-3000:]
     port = int(url.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
