@@ -519,6 +519,9 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     init_ray()
     already_running = _serve_is_running()
     serve.start(http_options={"host": host, "port": port})
+    # Both stop the server. SIGINT explicitly too: a process started in the background by a
+    # non-interactive shell inherits SIGINT as ignored, and Python then keeps ignoring it.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         serve.run(build_app(asdict(options)), name=APP_NAME, route_prefix="/")
