@@ -18,15 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.cli import run_cli, setup_logging  # noqa: E402
+from srgan.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli, setup_logging  # noqa: E402
 from srgan.inference import DEFAULT_MODEL  # noqa: E402
 from srgan.serving import check_options, run_server  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory/URI or models:/NAME@ALIAS (default {DEFAULT_MODEL})")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    add_model_arguments(p, default_model=DEFAULT_MODEL)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
@@ -40,8 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
     p.add_argument("--refresh-interval", type=float, default=30.0, help="seconds between checks of a registry alias (0: never)")
-    p.add_argument("--max-mb", type=float, default=20.0, help="largest request body, in MB")
-    p.add_argument("--max-megapixels", type=float, default=16.0, help="largest input image, in megapixels")
+    add_limit_arguments(p, what="request body")
     p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads per replica (0: Ray's default)")
     return p.parse_args(argv)
 
@@ -49,12 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     setup_logging()
+    limits = limits_from_args(args)
     options = check_options({
         "model": args.model,
         "tracking_uri": args.tracking_uri,
         "refresh_interval_s": args.refresh_interval,
-        "max_bytes": int(args.max_mb * 1024 * 1024),
-        "max_pixels": int(args.max_megapixels * 1_000_000),
+        "max_bytes": limits.max_bytes,
+        "max_pixels": limits.max_pixels,
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_ms / 1000,
         "tile_size": args.tile_size,

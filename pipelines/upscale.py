@@ -18,8 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from srgan.batch import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
-from srgan.cli import run_cli  # noqa: E402
-from srgan.imageio import ImageLimits  # noqa: E402
+from srgan.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli  # noqa: E402
 from srgan.inference import DEFAULT_MODEL  # noqa: E402
 
 
@@ -27,8 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="local path, file:// or s3:// prefix of images (any depth), or Parquet shards")
     p.add_argument("--output", required=True, help="local path, file:// or s3:// prefix (not the input or inside it)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory/URI or models:/NAME@ALIAS (default {DEFAULT_MODEL})")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    add_model_arguments(p, default_model=DEFAULT_MODEL)
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None, help="output format (default: each input's own)")
     p.add_argument("--quality", type=int, default=90, help="1..100, for jpeg and webp")
     p.add_argument("--workers", type=int, default=1, help="actors, each with its own copy of the model")
@@ -37,8 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="images per batch (same-size ones share a forward pass)")
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
     p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--max-mb", type=float, default=20.0, help="largest input file, in MB")
-    p.add_argument("--max-megapixels", type=float, default=16.0, help="largest input image, in megapixels")
+    add_limit_arguments(p, what="input file")
     return p.parse_args(argv)
 
 
@@ -57,7 +54,7 @@ def main() -> int:
         batch_size=args.batch_size,
         tile_size=args.tile_size,
         s3_endpoint=args.s3_endpoint,
-        limits=ImageLimits(max_bytes=int(args.max_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1_000_000)),
+        limits=limits_from_args(args),
     )
     summary = run_bulk_upscale(config, report=lambda line: print(line, flush=True))
     print(summary.line(), flush=True)

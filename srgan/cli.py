@@ -43,3 +43,22 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def add_model_arguments(parser, *, default_model: str) -> None:
+    """``--model`` and ``--tracking-uri``, as every CLI that loads a generator takes them."""
+    parser.add_argument("--model", default=default_model, help=f"checkpoint directory/URI or models:/NAME@ALIAS (default {default_model})")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def add_limit_arguments(parser, *, what: str) -> None:
+    """``--max-mb`` and ``--max-megapixels`` (the ImageLimits defaults); ``what`` names the input."""
+    parser.add_argument("--max-mb", type=float, default=20.0, help=f"largest {what}, in MB")
+    parser.add_argument("--max-megapixels", type=float, default=16.0, help="largest input image, in megapixels")
+
+
+def limits_from_args(args):
+    """The :class:`srgan.imageio.ImageLimits` that ``--max-mb``/``--max-megapixels`` ask for."""
+    from srgan.imageio import ImageLimits
+
+    return ImageLimits(max_bytes=int(args.max_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1_000_000))
