@@ -504,8 +504,9 @@ def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dic
 
     selection = SELECTION[config.train.phase]
     logger = MetricLogger(tracking_uri, run_id)
-    psnr_history = {m.step: m.value for m in logger.client.get_metric_history(run_id, "val/psnr_y")}
-    selection_history = {m.step: m.value for m in logger.client.get_metric_history(run_id, selection.mlflow_key)}
+    history = lambda key: {m.step: m.value for m in logger.client.get_metric_history(run_id, key)}  # noqa: E731
+    psnr_history = history("val/psnr_y")
+    selection_history = psnr_history if selection.mlflow_key == "val/psnr_y" else history(selection.mlflow_key)
     bicubic = [m.value for m in logger.client.get_metric_history(run_id, "val/bicubic_psnr_y")]
     with best.as_directory() as ckpt_dir:
         meta = json.loads((Path(ckpt_dir) / "checkpoint.json").read_text())

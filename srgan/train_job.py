@@ -59,7 +59,7 @@ def check_phase(config: Config) -> None:
         try:
             _, info = load_generator(train.init_from, tracking_uri=resolve_tracking_uri(config.run.tracking_uri))
         except CheckpointError:
-            raise
+            raise  # already one line that says what to fix
         except Exception as exc:  # registry lookups raise MLflow's own errors
             raise ConfigError(f"--init-from {train.init_from}: {' '.join(str(exc).split())[:300]}") from None
         if info.generator != config.model:
