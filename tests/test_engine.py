@@ -36,7 +36,8 @@ def test_srresnet_step_learns():
     opt = make_optimizer(net, cfg.optim)
     batch = _crops()
     losses = [srresnet_step(net, opt, batch, config=cfg)["loss"] for _ in range(30)]
-    assert losses[-1] < 0.7 * losses[0]
+    # Windows, not single steps: the mean of the last 5 against the first 5, on one fixed batch.
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 
 
 def test_lr_schedule():
@@ -114,4 +115,4 @@ def test_bf16_autocast_and_channels_last_step_runs_and_learns():
     opt = make_optimizer(net, cfg.optim)
     batch = _crops()
     losses = [srresnet_step(net, opt, batch, config=cfg)["loss"] for _ in range(30)]
-    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
+    assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
