@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
+import secrets
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +23,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Ray address on the loopback interface (Ray otherwise advertises the machine's own network IP).
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def _session_ray_token() -> str:
+    """A token file of this test session's own, named by RAY_AUTH_TOKEN_PATH for every Ray process
+    the tests start. ``ray start`` never creates a token (only ``ray.init`` does, in ~/.ray), so
+    on a clean machine the session cluster would not start; and the tests never touch the user's
+    own ~/.ray/auth_token."""
+    folder = Path(tempfile.mkdtemp(prefix="srgan-test-ray-auth-"))
+    path = folder / "auth_token"
+    path.write_text(secrets.token_hex(32))  # 256 bits, as `ray get-auth-token --generate`
+    path.chmod(0o600)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(path)
+
+
+os.environ.pop("RAY_AUTH_TOKEN", None)
+os.environ["RAY_AUTH_TOKEN_PATH"] = _session_ray_token()
 
 
 def _shared_datasets() -> Path:
@@ -164,7 +185,7 @@ def ray_cluster(s3_server):
 
     temp_dir = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
     # Token auth stays on (Ray 2.60's default for local clusters); clients must say so explicitly.
-    head = start_ray_head(temp_dir)
+    head = start_ray_head(temp_dir, dashboard=True)  # the State API (Ray Train polls it) and Ray's UI
     env = {"RAY_ADDRESS": head["address"]}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
