@@ -393,12 +393,9 @@ class _Progress:
 
 def _execute(config: BulkUpscaleConfig, plan: Plan, source: ModelSource, summary: BulkSummary, report: Callable[[str], None]) -> list[Failure]:
     """Run the dataset; fills ``summary`` and returns the failures it met (missing inputs included)."""
-    from ray.data import DataContext  # RAY
-
     from srgan.train import init_ray  # RAY: the project's one way to join or start a cluster
 
-    init_ray()
-    DataContext.get_current().enable_progress_bars = False  # the driver prints its own progress lines
+    init_ray()  # (also turns Ray Data's progress bars off: the driver prints its own progress lines)
     failures, seen = [], set()
     progress = _Progress(len(plan.todo), summary, report)
     for batch in _dataset(config, plan, source).iter_batches(batch_size=None, batch_format="numpy"):

@@ -19,6 +19,9 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:  # MLflow announces each schema step of a new SQLite store at INFO
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
