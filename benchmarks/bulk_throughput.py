@@ -5,7 +5,7 @@
 Both upscale the same folder of PNG crops of real photos and write PNGs (same relative keys):
 - the baseline is one Python loop in this process: read, decode, Upscaler, encode, write, with all of
   torch's threads;
-- the job is srgan.batch.run_bulk_upscale with --workers actors sharing the machine's CPUs (each actor
+- the job is srgan.distributed.bulk.run_bulk_upscale with --workers actors sharing the machine's CPUs (each actor
   gets cpu_count / workers CPUs, so torch threads add up to the same total), timed end to end on an
   already running Ray (listing, actor start-up and model loading included);
 then the job is run again to time a resume that has nothing left to do. Loop and job alternate
@@ -32,11 +32,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srgan.batch import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
-from srgan.checkpoint import save_generator  # noqa: E402
-from srgan.imageio import decode_image, encode_image  # noqa: E402
-from srgan.inference import Upscaler, UpscalerOptions  # noqa: E402
-from srgan.models import SRResNet  # noqa: E402
+from srgan.distributed.bulk import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
+from srgan.core.checkpoint import save_generator  # noqa: E402
+from srgan.core.images import decode_image, encode_image  # noqa: E402
+from srgan.core.inference import Upscaler, UpscalerOptions  # noqa: E402
+from srgan.core.models import SRResNet  # noqa: E402
 
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 

@@ -37,10 +37,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srgan.checkpoint import save_generator  # noqa: E402
-from srgan.imageio import decode_image, encode_image  # noqa: E402
-from srgan.inference import Upscaler, UpscalerOptions  # noqa: E402
-from srgan.models import SRResNet  # noqa: E402
+from srgan.core.checkpoint import save_generator  # noqa: E402
+from srgan.core.images import decode_image, encode_image  # noqa: E402
+from srgan.core.inference import Upscaler, UpscalerOptions  # noqa: E402
+from srgan.core.models import SRResNet  # noqa: E402
 
 
 def photo_png(side: int, offset: int = 0) -> bytes:
@@ -69,7 +69,7 @@ def free_port() -> int:
 def deploy(checkpoint: str, *, threads: int, max_batch_size: int) -> None:
     from ray import serve
 
-    from srgan.serving import build_app
+    from srgan.distributed.serving import build_app
 
     args = {"model": checkpoint, "refresh_interval_s": 0, "num_cpus": 1, "torch_threads": threads,
             "max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64}

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srgan.inference import Upscaler, UpscalerOptions, _tile_starts, pick_device  # noqa: E402
-from srgan.models import SRResNet  # noqa: E402
+from srgan.core.inference import Upscaler, UpscalerOptions, _tile_starts, pick_device  # noqa: E402
+from srgan.core.models import SRResNet  # noqa: E402
 
 
 def conv_flops_per_output_mp(net: SRResNet) -> float:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.cli import run_cli  # noqa: E402
-from srgan.evaluation import EvalConfig, format_table, run_evaluation  # noqa: E402
+from srgan.app.cli import run_cli  # noqa: E402
+from srgan.app.evaluate import EvalConfig, format_table, run_evaluation  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

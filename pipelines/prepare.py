@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.cli import run_cli  # noqa: E402
+from srgan.app.cli import run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    from srgan.data import pack_images  # after parsing: --help and flag errors need no torch/pyarrow import
+    from srgan.io.datasets import pack_images  # after parsing: --help and flag errors need no torch/pyarrow import
 
     print(f"packing {args.input} -> {args.output}", flush=True)
     summary = pack_images(

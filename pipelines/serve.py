@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli, setup_logging  # noqa: E402
-from srgan.inference import DEFAULT_MODEL  # noqa: E402
-from srgan.serving import check_options, run_server  # noqa: E402
+from srgan.app.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli, setup_logging  # noqa: E402
+from srgan.tracking.refs import DEFAULT_MODEL  # noqa: E402
+from srgan.distributed.serving import check_options, run_server  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

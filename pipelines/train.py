@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.cli import run_cli, setup_logging  # noqa: E402
+from srgan.app.cli import run_cli, setup_logging  # noqa: E402
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
 
@@ -57,13 +57,14 @@ def main() -> int:
     args = parse_args()
     setup_logging(args.verbose)
     from srgan.config import FLAG_FIELDS, build_config
-    from srgan.train_job import check_sources, print_summary, run_job
+    from srgan.app.train_job import check_sources, print_summary, run_job
 
     config_path = args.config or (DEMO_CONFIG if args.data is None else None)
     flags = {k: getattr(args, k) for k in FLAG_FIELDS}
     config = build_config(config_path, flags, args.set)
-    config = check_sources(config)  # before Ray starts: paths exist, demo data made
-    print_summary(run_job(config))
+    requested_init_from = config.train.init_from
+    config = check_sources(config)  # before Ray starts: paths exist, demo data made, --init-from pinned
+    print_summary(run_job(config, requested_init_from=requested_init_from))
     return 0
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.batch import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
-from srgan.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli  # noqa: E402
-from srgan.inference import DEFAULT_MODEL  # noqa: E402
+from srgan.distributed.bulk import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
+from srgan.app.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli  # noqa: E402
+from srgan.tracking.refs import DEFAULT_MODEL  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from srgan.cli import UserError
-from srgan.losses import LossConfig
-from srgan.models import DiscriminatorConfig, GeneratorConfig
+from srgan.errors import ConfigError
+from srgan.core.engine import OptimConfig, StepConfig
+from srgan.core.losses import LossConfig
+from srgan.core.models import DiscriminatorConfig, GeneratorConfig
 
 __all__ = [
     "ConfigError",
@@ -34,10 +35,6 @@ __all__ = [
 ]
 
 PHASES = ("srresnet", "srgan")  # pixel-MSE SRResNet, then perceptual + adversarial SRGAN
-
-
-class ConfigError(UserError):
-    """A bad configuration value or key (one line, says what to fix)."""
 
 
 @dataclass(frozen=True)
@@ -58,23 +55,6 @@ class DataConfig:
             uri = getattr(self, name)
             if uri and "://" in uri and not uri.startswith(("s3://", "file://")):
                 raise ConfigError(f"data.{name}: unsupported URI {uri!r}; use a local path, file:// or s3://")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-4  # Adam learning rate (the paper: 1e-4)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr_decay_step: int = 0  # 0 = constant; else lr x lr_decay_factor from this step on (SRGAN: 1e5)
-    lr_decay_factor: float = 0.1
-
-    def validate(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
-        if self.lr_decay_step < 0 or not self.lr_decay_factor > 0:
-            raise ConfigError("optim.lr_decay_step must be >= 0 and optim.lr_decay_factor > 0")
 
 
 @dataclass(frozen=True)
@@ -158,6 +138,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def step(self) -> StepConfig:
+        """What one training step of the core engine needs from this config."""
+        return StepConfig(scale=self.model.scale, loss=self.loss, bf16=self.train.bf16, channels_last=self.train.channels_last)
 
     @property
     def registered_name(self) -> str:

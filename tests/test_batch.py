@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 from conftest import load_photo
-from srgan.batch import ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, plan_outputs, run_bulk_upscale
-from srgan.checkpoint import save_generator
-from srgan.cli import UserError
-from srgan.data import pack_images
-from srgan.imageio import decode_image, encode_image
-from srgan.inference import Upscaler, UpscalerOptions
-from srgan.models import GeneratorConfig, build_generator
+from srgan.distributed.bulk import ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, plan_outputs, run_bulk_upscale
+from srgan.core.checkpoint import save_generator
+from srgan.errors import UserError
+from srgan.io.datasets import pack_images
+from srgan.core.images import decode_image, encode_image
+from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.core.models import GeneratorConfig, build_generator
 
 # relative key -> (photo, (height, width) of the crop, PIL format)
 GOOD = {

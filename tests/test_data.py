@@ -1,4 +1,4 @@
-"""Training ingest (srgan.data): decode + crop without Ray, listing local and S3 prefixes, and the Ray Data
+"""Training ingest (srgan.io.datasets, srgan.distributed.ingest): decode + crop without Ray, listing local and S3 prefixes, and the Ray Data
 pipeline end to end on the real local cluster reading from the moto S3 server."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import ray.data
 import torch
 from PIL import Image
 
-from srgan.cli import UserError
-from srgan.data import SkipTally, build_train_dataset, count_skips, decode_and_crop, list_images
-from srgan.imageio import ImageLimits, decode_image
+from srgan.errors import UserError
+from srgan.distributed.ingest import build_train_dataset, count_skips
+from srgan.io.datasets import SkipTally, decode_and_crop, list_images
+from srgan.core.images import ImageLimits, decode_image
 
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from srgan.degrade import bicubic_upscale, degrade, imresize, modcrop
+from srgan.core.degrade import bicubic_upscale, degrade, imresize, modcrop
 
 
 def _read(path) -> torch.Tensor:

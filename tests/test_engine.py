@@ -8,10 +8,10 @@ import torch
 
 from conftest import load_photo
 from srgan.config import config_from_dict
-from srgan.degrade import degrade
-from srgan.engine import comparison_grid, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step, validate
-from srgan.models import SRResNet
-from srgan.train import Nets, load_training_checkpoint, save_training_checkpoint
+from srgan.core.degrade import degrade
+from srgan.core.engine import comparison_grid, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step, validate
+from srgan.core.models import SRResNet
+from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
 
 
 def _crops(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -35,7 +35,7 @@ def test_srresnet_step_learns():
     net = SRResNet(num_blocks=1, num_features=16, bicubic_skip=True)
     opt = make_optimizer(net, cfg.optim)
     batch = _crops()
-    losses = [srresnet_step(net, opt, batch, config=cfg)["loss"] for _ in range(30)]
+    losses = [srresnet_step(net, opt, batch, config=cfg.step)["loss"] for _ in range(30)]
     # Windows, not single steps: the mean of the last 5 against the first 5, on one fixed batch.
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 
@@ -65,10 +65,10 @@ def test_training_checkpoint_roundtrip_restores_everything(tmp_path):
     net = SRResNet(num_blocks=1, num_features=8)
     opt = make_optimizer(net, cfg.optim)
     ema = make_ema(net)
-    srresnet_step(net, opt, _crops(), config=cfg)
+    srresnet_step(net, opt, _crops(), config=cfg.step)
     ema_update(ema, net, 0.5)
     np.random.seed(3)
-    save_training_checkpoint(tmp_path, step=7, nets=Nets(net, opt, ema), config=cfg, run_id="abc")
+    save_training_checkpoint(tmp_path, step=7, nets=Nets(net, opt, ema), config=cfg.to_dict(), run_id="abc")
     expected_next = (torch.rand(3), np.random.rand(2))
 
     net2 = SRResNet(num_blocks=1, num_features=8)
@@ -83,7 +83,7 @@ def test_training_checkpoint_roundtrip_restores_everything(tmp_path):
     assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
     assert torch.equal(torch.rand(3), expected_next[0]) and np.array_equal(np.random.rand(2), expected_next[1])
     # The exported generator is the EMA, loadable on its own.
-    from srgan.checkpoint import load_generator
+    from srgan.core.checkpoint import load_generator
 
     exported, info = load_generator(tmp_path)
     assert info.metadata["weights"] == "ema" and info.metadata["step"] == 7
@@ -114,5 +114,5 @@ def test_bf16_autocast_and_channels_last_step_runs_and_learns():
     net = SRResNet(num_blocks=1, num_features=16, bicubic_skip=True).to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg.optim)
     batch = _crops()
-    losses = [srresnet_step(net, opt, batch, config=cfg)["loss"] for _ in range(30)]
+    losses = [srresnet_step(net, opt, batch, config=cfg.step)["loss"] for _ in range(30)]
     assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses

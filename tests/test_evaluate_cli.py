@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from srgan.checkpoint import save_generator
-from srgan.models import SRResNet
+from srgan.core.checkpoint import save_generator
+from srgan.core.models import SRResNet
 
 
 def run_evaluate(repo_root, *args: str) -> subprocess.CompletedProcess:

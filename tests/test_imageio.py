@@ -1,4 +1,4 @@
-"""srgan.imageio on real images: EXIF orientation, modes, 16-bit PNG, encoding, limits and errors.
+"""srgan.core.images on real images: EXIF orientation, modes, 16-bit PNG, encoding, limits and errors.
 
 Every expected value comes from an independent source: PIL's own conversions and ``exif_transpose``,
 the arrays the files were written from, imageio, or the small spec-based PNG reader below.
@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from conftest import load_photo
-from srgan.imageio import (
+from srgan.core.images import (
     SUPPORTED_FORMATS,
     DecodedImage,
     ImageDecodeError,
@@ -566,7 +566,7 @@ def test_corrupt_16bit_png_is_decode_error_not_a_crash(tmp_path):
     path.write_bytes(data)
     code = (
         "import sys\n"
-        "from srgan.imageio import decode_image, ImageDecodeError\n"
+        "from srgan.core.images import decode_image, ImageDecodeError\n"
         "try:\n"
         "    decode_image(open(sys.argv[1], 'rb').read())\n"
         "except ImageDecodeError as exc:\n"

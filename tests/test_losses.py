@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models import vgg19
 
-from srgan.losses import (
+from srgan.core.losses import (
     VGG_FEATURE_SCALE,
     LossConfig,
     VGGContentLoss,
@@ -22,7 +22,8 @@ from srgan.losses import (
     tv_loss,
     vgg19_cache_path,
 )
-from srgan.models import Discriminator, SRResNet
+from srgan.core.models import Discriminator, SRResNet
+from srgan.io.storage import fetch_weights_file
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,10 @@ def test_weights_from_s3(vgg_file, vgg_state, s3_server, s3_bucket):
 
     boto3.client("s3", endpoint_url=s3_server).upload_file(str(vgg_file), s3_bucket, "weights/vgg19.pth")
     assert vgg_file.stat().st_size < 2_000_000
-    state = load_vgg19_state_dict(f"s3://{s3_bucket}/weights/vgg19.pth")
+    uri = f"s3://{s3_bucket}/weights/vgg19.pth"
+    with pytest.raises(VGGWeightsNotFoundError, match="is remote"):  # the core reads local files only
+        load_vgg19_state_dict(uri)
+    state = load_vgg19_state_dict(fetch_weights_file(uri))
     assert torch.equal(state["features.0.weight"], vgg_state["features.0.weight"])
 
 

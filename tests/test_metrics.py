@@ -1,7 +1,7 @@
-"""srgan.metrics against scikit-image and closed-form values, on real photos.
+"""srgan.core.metrics against scikit-image and closed-form values, on real photos.
 
 The reference Y channel is computed here in numpy with MATLAB's ``rgb2ycbcr`` BT.601 formula,
-independently of :func:`srgan.metrics.rgb_to_y`; the reference SSIM/PSNR come from scikit-image.
+independently of :func:`srgan.core.metrics.rgb_to_y`; the reference SSIM/PSNR come from scikit-image.
 Photos are cropped to an odd-sized window (not a multiple of 4) so the tests stay fast on a CPU.
 """
 
@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import load_photo
-from srgan.metrics import prepare_for_metric, psnr, rgb_to_y, ssim
+from srgan.core.metrics import prepare_for_metric, psnr, rgb_to_y, ssim
 
 CROP = 4
 WINDOW = (121, 151)  # (H, W): odd and not multiples of 4, so cropping and "valid" borders are exercised

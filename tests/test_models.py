@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srgan.models import Discriminator, GeneratorConfig, SRResNet, build_generator, count_parameters
+from srgan.core.models import Discriminator, GeneratorConfig, SRResNet, build_generator, count_parameters
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
@@ -61,7 +61,7 @@ def test_receptive_radius_bounds_the_dependency():
 
 
 def test_bicubic_skip_starts_near_bicubic():
-    from srgan.degrade import bicubic_upscale
+    from srgan.core.degrade import bicubic_upscale
 
     torch.manual_seed(0)
     net = SRResNet(num_blocks=1, num_features=8, bicubic_skip=True).eval()

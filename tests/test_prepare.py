@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from srgan.cli import UserError
-from srgan.data import PackSummary, build_train_dataset, count_skips, is_parquet_source, pack_images
+from srgan.errors import UserError
+from srgan.distributed.ingest import build_train_dataset, count_skips
+from srgan.io.datasets import PackSummary, is_parquet_source, pack_images
 
 
 def run_prepare(repo_root: Path, *args: str) -> subprocess.CompletedProcess:

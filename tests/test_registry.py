@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from srgan.checkpoint import load_generator, save_generator
-from srgan.models import SRResNet
-from srgan.registry import register_generator
-from srgan.tracking import MetricLogger, open_run, resolve_tracking_uri
+from srgan.core.checkpoint import save_generator
+from srgan.core.models import SRResNet
+from srgan.errors import ModelReferenceError
+from srgan.tracking.refs import load_generator_ref, resolve_model
+from srgan.tracking.registry import register_generator
+from srgan.tracking.runs import MetricLogger, open_run, resolve_tracking_uri
 
 
 def test_champion_moves_only_when_better(tmp_path):
@@ -26,17 +29,15 @@ def test_champion_moves_only_when_better(tmp_path):
     client = MlflowClient(uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias("gen", "champion").version) == "3"
     # Each version keeps its own files: version 1 still loads the step-10 weights.
-    loaded, _ = load_generator("models:/gen/1", tracking_uri=uri)
+    loaded, _ = load_generator_ref("models:/gen/1", tracking_uri=uri)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), nets[10].state_dict().values()))
-    champion, _ = load_generator("models:/gen@champion", tracking_uri=uri)
+    champion, _ = load_generator_ref("models:/gen@champion", tracking_uri=uri)
     assert all(torch.equal(a, b) for a, b in zip(champion.state_dict().values(), nets[30].state_dict().values()))
     files = sorted(a.path for a in client.list_artifacts(run_id, "generator/step_10"))
     assert files == ["generator/step_10/checkpoint.json", "generator/step_10/generator.safetensors"]
 
 
 def test_lower_is_better_metric_and_pinning_an_alias(tmp_path):
-    from srgan.registry import pin_model_uri
-
     uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id, _ = open_run(uri, experiment="exp", run_key="gan", run_name="gan")
     for step, distance in ((10, 0.50), (20, 0.70), (30, 0.40)):
@@ -47,8 +48,12 @@ def test_lower_is_better_metric_and_pinning_an_alias(tmp_path):
     client = MlflowClient(uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("gan", "champion")
     assert str(champion.version) == "3" and champion.tags["phase"] == "srgan" and champion.tags["val_content_distance"] == "0.400000"
-    assert pin_model_uri("models:/gan@champion", tracking_uri=uri) == "models:/gan/3"
-    assert pin_model_uri("models:/gan/2", tracking_uri=uri) == "models:/gan/2"
+    pinned = resolve_model("models:/gan@champion", tracking_uri=uri)
+    assert (pinned.uri, pinned.version, pinned.is_alias) == ("models:/gan/3", "3", True)
+    assert resolve_model("models:/gan/2", tracking_uri=uri).uri == "models:/gan/2"
+    for bad in ("models:/gan", "models:/gan/two", "models:/@champion"):
+        with pytest.raises(ModelReferenceError, match="must look like models:/NAME@ALIAS or models:/NAME/VERSION"):
+            resolve_model(bad, tracking_uri=uri)
 
 
 def test_same_run_key_resumes_and_steps_are_not_repeated(tmp_path):
@@ -73,11 +78,9 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_unknown_registered_model_is_a_user_error(tmp_path):
-    import pytest
-
-    from srgan.cli import UserError
+    from srgan.errors import UserError
 
     uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     open_run(uri, experiment="exp", run_key="k", run_name="r")  # creates the store
-    with pytest.raises(UserError, match="cannot resolve models:/nope@champion"):
-        load_generator("models:/nope@champion", tracking_uri=uri)
+    with pytest.raises(UserError, match="models:/nope@champion is not registered in"):
+        load_generator_ref("models:/nope@champion", tracking_uri=uri)

@@ -189,7 +189,7 @@ def test_server_script_keeps_the_password_out_of_the_uri(repo_root, tmp_path):
 
 def test_an_empty_tracking_uri_means_the_standard_variable(monkeypatch, tmp_path):
     """A cluster names its tracking server once, in every node's MLFLOW_TRACKING_URI."""
-    from srgan.tracking import resolve_tracking_uri
+    from srgan.tracking.runs import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.srgan.internal:5000")
@@ -324,9 +324,9 @@ def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
     import httpx
     from ray import serve
 
-    from srgan.imageio import decode_image, encode_image
-    from srgan.inference import Upscaler, UpscalerOptions
-    from srgan.registry import download_model
+    from srgan.core.images import decode_image, encode_image
+    from srgan.core.inference import UpscalerOptions
+    from srgan.tracking.refs import load_upscaler
 
     port = _free_port()
     log = tmp_path / "serve.log"
@@ -354,7 +354,7 @@ def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
         assert resp.headers["X-Model-Name"] == MODEL_NAME and resp.headers["X-Model-Version"] == "1"
         assert resp.headers["X-Output-Size"] == "256x192"
         # The pixels are the registered champion's: the same weights, fetched through the server here.
-        champion = Upscaler.from_checkpoint(download_model(f"models:/{MODEL_NAME}/1", tracking_uri=server), options=UpscalerOptions(tile_size=256, device="cpu"))
+        champion = load_upscaler(f"models:/{MODEL_NAME}/1", tracking_uri=server, options=UpscalerOptions(tile_size=256, device="cpu"))
         expected = encode_image(champion.upscale_image(decode_image(photo)), "png")
         assert _same_pixels(resp.content, expected)
     finally:
@@ -369,7 +369,7 @@ def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
 
 
 def _same_pixels(a: bytes, b: bytes) -> bool:
-    from srgan.imageio import decode_image
+    from srgan.core.images import decode_image
 
     x, y = decode_image(a), decode_image(b)
     return x.rgb.shape == y.rgb.shape and bool((x.rgb - y.rgb).abs().max() <= 1 / 255 + 1e-6)

@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 
 from conftest import _free_port, load_photo
-from srgan.checkpoint import save_generator
-from srgan.imageio import decode_image, encode_image
-from srgan.inference import Upscaler, UpscalerOptions, weights_digest
-from srgan.models import GeneratorConfig, build_generator
+from srgan.core.checkpoint import save_generator
+from srgan.core.images import decode_image, encode_image
+from srgan.core.inference import Upscaler, UpscalerOptions, weights_digest
+from srgan.core.models import GeneratorConfig, build_generator
 
 LIMIT = 20 * 1024 * 1024  # the default body limit
 
@@ -143,7 +143,7 @@ def test_default_model_without_registry_is_a_clear_error(repo_root, tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--model", "/no/such/checkpoint"], "is not a generator checkpoint"),
+    (["--model", "/no/such/checkpoint"], "checkpoint /no/such/checkpoint does not exist"),
     (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas <= max_replicas"),
 ])
 def test_bad_serve_flags_are_one_line_errors(repo_root, tmp_path, checkpoint, args, match):
@@ -316,7 +316,7 @@ def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(http):
 def _register(db: str, checkpoint_dir, *, step: int, psnr: float) -> str:
     from mlflow.tracking import MlflowClient
 
-    from srgan.registry import register_generator
+    from srgan.tracking.registry import register_generator
 
     client = MlflowClient(db, registry_uri=db)
     exp = client.get_experiment_by_name("serve-test") or client.get_experiment(client.create_experiment("serve-test"))
@@ -330,7 +330,7 @@ def _register(db: str, checkpoint_dir, *, step: int, psnr: float) -> str:
 def test_model_from_registry_alias_and_update_without_downtime(server, repo_root, tmp_path):
     from ray import serve
 
-    from srgan.serving import build_app
+    from srgan.distributed.serving import build_app
 
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ckpt_v1 = save_generator(tmp_path / "v1", _generator(seed=1))
@@ -395,12 +395,12 @@ def test_serve_config_yaml_is_a_valid_serve_config_for_build_app(repo_root):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from srgan.serving import DEPLOYMENT_NAME, ModelConfig, ServeOptions, build_app
+    from srgan.distributed.serving import DEPLOYMENT_NAME, ModelConfig, ServeOptions, build_app
 
     raw = yaml.safe_load((repo_root / "infra" / "serve_config.yaml").read_text())
     config = ServeDeploySchema.model_validate(raw)  # what `serve deploy` checks
     (app,) = config.applications
-    assert app.import_path == "srgan.serving:build_app" and app.route_prefix == "/"
+    assert app.import_path == "srgan.distributed.serving:build_app" and app.route_prefix == "/"
     build_app(app.args)  # the args are ServeOptions fields
     (deployment,) = app.deployments
     assert deployment.name == DEPLOYMENT_NAME
@@ -410,7 +410,7 @@ def test_serve_config_yaml_is_a_valid_serve_config_for_build_app(repo_root):
 
 
 def test_deployment_options_from_args():
-    from srgan.serving import ServeOptions
+    from srgan.distributed.serving import ServeOptions
 
     fixed = ServeOptions.from_args({"num_replicas": 3, "num_gpus": 1, "max_ongoing_requests": 16}).deployment_options()
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed

@@ -12,12 +12,12 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from conftest import load_photo
-from srgan.checkpoint import state_fingerprint
+from srgan.core.checkpoint import state_fingerprint
 from srgan.config import config_from_dict
-from srgan.engine import make_optimizer, srgan_step, validate
-from srgan.losses import VGGContentLoss
-from srgan.models import build_discriminator, build_generator
-from srgan.train import Nets, load_training_checkpoint, save_training_checkpoint
+from srgan.core.engine import make_optimizer, srgan_step, validate
+from srgan.core.losses import VGGContentLoss
+from srgan.core.models import build_discriminator, build_generator
+from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
 
 CFG = {
     "model": {"num_blocks": 1, "num_features": 8, "bicubic_skip": True},
@@ -47,7 +47,7 @@ def test_srgan_step_updates_both_and_freezes_d_in_the_g_step():
     d_grads: dict[str, torch.Tensor] = {}
     # Record D's gradients at the end of each backward; the G step must add none.
     hooks = [p.register_post_accumulate_grad_hook(lambda t, n=n: d_grads.__setitem__(n, t.grad.clone())) for n, p in net_d.named_parameters()]
-    out = srgan_step(net_g, net_d, opt_g, opt_d, _crops(), content_loss=content, config=cfg)
+    out = srgan_step(net_g, net_d, opt_g, opt_d, _crops(), content_loss=content, config=cfg.step)
     for h in hooks:
         h.remove()
     assert set(out) == {"loss_g", "loss_g_content", "loss_g_adversarial", "loss_d", "d_real", "d_fake"}
@@ -73,7 +73,7 @@ def test_discriminator_learns_to_separate_real_from_generated():
     net_g, net_d, _, opt_d, content = _models(cfg)
     frozen_g = torch.optim.Adam(net_g.parameters(), lr=0.0)  # G's step runs but moves nothing
     g0 = [p.detach().clone() for p in net_g.parameters()]
-    outs = [srgan_step(net_g, net_d, frozen_g, opt_d, _crops(offset=i % 3), content_loss=content, config=cfg) for i in range(30)]
+    outs = [srgan_step(net_g, net_d, frozen_g, opt_d, _crops(offset=i % 3), content_loss=content, config=cfg.step) for i in range(30)]
     assert all(torch.equal(p, q) for p, q in zip(net_g.parameters(), g0))  # (BN statistics still move)
     tail = outs[-10:]
     mean = lambda key: sum(o[key] for o in tail) / len(tail)  # noqa: E731
@@ -93,8 +93,8 @@ def test_validate_reports_the_vgg_distance(datasets_dir):
 def test_srgan_training_checkpoint_holds_d_and_its_optimiser(tmp_path):
     cfg = config_from_dict(CFG)
     net_g, net_d, opt_g, opt_d, content = _models(cfg)
-    srgan_step(net_g, net_d, opt_g, opt_d, _crops(), content_loss=content, config=cfg)
-    save_training_checkpoint(tmp_path, step=1, nets=Nets(net_g, opt_g, None, net_d, opt_d), config=cfg, run_id="r")
+    srgan_step(net_g, net_d, opt_g, opt_d, _crops(), content_loss=content, config=cfg.step)
+    save_training_checkpoint(tmp_path, step=1, nets=Nets(net_g, opt_g, None, net_d, opt_d), config=cfg.to_dict(), run_id="r")
     torch.manual_seed(99)
     g2, d2 = build_generator(cfg.model), build_discriminator(cfg.discriminator)
     nets2 = Nets(g2, make_optimizer(g2, cfg.optim), None, d2, make_optimizer(d2, cfg.optim))
@@ -102,7 +102,7 @@ def test_srgan_training_checkpoint_holds_d_and_its_optimiser(tmp_path):
     assert state_fingerprint(d2) == state_fingerprint(net_d) and state_fingerprint(g2) == state_fingerprint(net_g)
     assert nets2.opt_d.state_dict()["state"][0]["step"] == opt_d.state_dict()["state"][0]["step"]
     # An SRResNet-phase checkpoint cannot silently resume an SRGAN run (no D in it).
-    save_training_checkpoint(tmp_path / "mse", step=1, nets=Nets(net_g, opt_g), config=cfg, run_id="r")
+    save_training_checkpoint(tmp_path / "mse", step=1, nets=Nets(net_g, opt_g), config=cfg.to_dict(), run_id="r")
     with pytest.raises(RuntimeError, match="no discriminator"):
         load_training_checkpoint(tmp_path / "mse", nets=nets2, map_location="cpu")
 
@@ -117,7 +117,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
         model_g, model_d = DDP(net_g), DDP(net_d)  # find_unused_parameters=False, as Ray's prepare_model
         opt_g, opt_d = make_optimizer(model_g, cfg.optim), make_optimizer(model_d, cfg.optim)
         for step in range(3):  # each rank sees different crops; DDP must keep the replicas identical
-            srgan_step(model_g, model_d, opt_g, opt_d, _crops(n=2, offset=7 * rank + step), content_loss=content, config=cfg)
+            srgan_step(model_g, model_d, opt_g, opt_d, _crops(n=2, offset=7 * rank + step), content_loss=content, config=cfg.step)
         # Parameters only: BN running statistics are per-rank buffers (DDP re-broadcasts rank 0's at
         # each wrapped forward, but the last forward updates them from each rank's own batch).
         params = lambda m: torch.cat([p.detach().reshape(-1) for p in m.parameters()]).numpy()  # noqa: E731  (by value)

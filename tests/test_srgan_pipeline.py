@@ -23,8 +23,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import load_photo
-from srgan.checkpoint import load_generator, save_generator, state_fingerprint
-from srgan.models import DiscriminatorConfig, GeneratorConfig, build_discriminator, build_generator
+from srgan.core.checkpoint import save_generator, state_fingerprint
+from srgan.tracking.refs import load_generator_ref
+from srgan.core.models import DiscriminatorConfig, GeneratorConfig, build_discriminator, build_generator
 
 PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "coffee.png"]
 SMALL_G = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true"]
@@ -107,7 +108,7 @@ def test_srgan_phase_from_the_registered_srresnet_then_resume(repo_root, workspa
     # Step 0: G is bit-identical to the registered SRResNet; D starts fresh.
     tags = client.get_run(run_id).data.tags
     assert tags["srgan.init_from_resolved"] == "models:/srgan-generator/1"
-    srresnet, _ = load_generator("models:/srgan-generator/1", tracking_uri=db)
+    srresnet, _ = load_generator_ref("models:/srgan-generator/1", tracking_uri=db)
     assert tags["srgan.step0_fingerprint.net_g"] == state_fingerprint(srresnet)
     # At the end both G and D have moved (read from the last training checkpoint: G, D, optimisers).
     state = torch.load(_latest_checkpoint(work / "runs" / "gan") / "training_state.pt", map_location="cpu", weights_only=True)

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from conftest import load_photo
-from srgan.checkpoint import save_generator
-from srgan.degrade import bicubic_upscale, degrade
-from srgan.imageio import decode_image, encode_image
-from srgan.inference import Upscaler, UpscalerOptions
-from srgan.models import SRResNet
+from srgan.core.checkpoint import save_generator
+from srgan.core.degrade import bicubic_upscale, degrade
+from srgan.core.images import decode_image, encode_image
+from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.core.models import SRResNet
 
 
 def _net(num_blocks: int = 4, seed: int = 0) -> SRResNet:
@@ -93,7 +93,7 @@ def test_modes_are_kept(mode):
 def test_16bit_png_is_kept():
     rng = np.random.default_rng(0)
     arr16 = (rng.integers(0, 65535, size=(24, 20, 3))).astype(np.uint16)
-    from srgan.imageio import _png16_bytes
+    from srgan.core.images import _png16_bytes
 
     decoded = decode_image(_png16_bytes(arr16))
     assert decoded.bit_depth == 16

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["s3_filesystem", "resolve", "fetch_to_local"]
+__all__ = ["s3_filesystem", "resolve", "fetch_to_local", "fetch_weights_file"]
 
 
 def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
@@ -47,21 +47,13 @@ def resolve(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-
-def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None, tracking_uri: str | None = None) -> Path:
+def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> Path:
     """Make ``uri`` (a file or a directory) available as a local path, downloading if remote.
 
     Local paths are returned as they are. Remote objects land in a fresh temporary directory that
-    the caller owns. ``models:/NAME@ALIAS`` and ``models:/NAME/VERSION`` are resolved in the MLflow
-    registry at ``tracking_uri`` (else MLFLOW_TRACKING_URI, else the project's SQLite default).
+    the caller owns. Registry references (``models:/``) are not storage: see :mod:`srgan.tracking.refs`.
     """
     uri = str(uri)
-    if uri.startswith("models:/"):
-        from srgan.registry import download_model
-
-        return download_model(uri, tracking_uri=tracking_uri)  # None: MLFLOW_TRACKING_URI, else the default
     if uri.startswith(("http://", "https://")):
         dest = Path(tempfile.mkdtemp(prefix="srgan-fetch-")) / Path(urllib.parse.urlparse(uri).path).name
         with urllib.request.urlopen(uri, timeout=60) as resp, open(dest, "wb") as out:  # noqa: S310 (explicit user URI)
@@ -79,3 +71,17 @@ def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None, tr
         dest.mkdir()
     pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return dest
+
+
+def fetch_weights_file(source: str | None) -> str | None:
+    """A weights spec with any remote URI (``s3://``, ``https://``) replaced by a local copy; ``None``
+    (torchvision's cache), ``"random"`` and local paths pass through. Used for the VGG19 weights."""
+    from srgan.errors import VGGWeightsNotFoundError
+
+    if source is None or source == "random" or "://" not in source or source.startswith("file://"):
+        return source
+    try:
+        path = fetch_to_local(source)
+    except (FileNotFoundError, OSError) as exc:
+        raise VGGWeightsNotFoundError(f"VGG19 weights not found at {source}: {exc}") from exc
+    return str(path)

@@ -20,17 +20,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from srgan.models import GeneratorConfig, SRResNet, build_generator
+from srgan.core.models import GeneratorConfig, SRResNet, build_generator
+from srgan.errors import CheckpointError
 
 __all__ = ["CheckpointError", "GeneratorCheckpoint", "save_generator", "load_generator", "read_checkpoint_meta", "state_fingerprint"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "generator.safetensors"
 META_FILE = "checkpoint.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or of an unknown format (one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -90,14 +87,15 @@ def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_generator(uri: str | os.PathLike, *, map_location: str | torch.device = "cpu", tracking_uri: str | None = None) -> tuple[SRResNet, GeneratorCheckpoint]:
-    """Rebuild the generator stored at ``uri`` (local dir, ``file://``, ``s3://`` or ``models:/NAME@ALIAS``), in eval mode."""
-    from srgan.storage import fetch_to_local
+def load_generator(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[SRResNet, GeneratorCheckpoint]:
+    """Rebuild the generator stored in a local checkpoint directory, in eval mode.
 
-    try:
-        local = fetch_to_local(uri, tracking_uri=tracking_uri)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {uri} does not exist") from None
+    Remote checkpoints and registry references (``s3://``, ``models:/NAME@ALIAS``) are resolved and
+    fetched first by :func:`srgan.tracking.refs.load_generator_ref`: the core reads local files only."""
+    text = str(directory)
+    if "://" in text or text.startswith("models:/"):
+        raise CheckpointError(f"{text} is not a local directory: load it with srgan.tracking.refs.load_generator_ref")
+    local = Path(text)
     meta = read_checkpoint_meta(local)
     try:
         gen_cfg = GeneratorConfig(**meta["generator"])
@@ -111,7 +109,7 @@ def load_generator(uri: str | os.PathLike, *, map_location: str | torch.device =
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{local}: weights do not match the stored config: {first}") from None
     net_g.to(map_location).eval()
-    info = GeneratorCheckpoint(generator=gen_cfg, config=meta.get("config", {}), metadata=meta.get("metadata", {}), path=str(uri))
+    info = GeneratorCheckpoint(generator=gen_cfg, config=meta.get("config", {}), metadata=meta.get("metadata", {}), path=str(local))
     return net_g, info
 
 

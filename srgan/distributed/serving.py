@@ -9,7 +9,7 @@
     GET  /docs           FastAPI's OpenAPI page
 
 Inside a replica:
-- The generator is loaded once (:class:`~srgan.inference.Upscaler`, the class the bulk job uses too).
+- The generator is loaded once (:class:`~srgan.core.inference.Upscaler`, the class the bulk job uses too).
 - Small inputs (both sides <= ``batch_max_side``) wait up to ``batch_wait_timeout_s`` in a
   ``@serve.batch`` queue; each batch is split by image size and every size group is one forward pass,
   so only same-size images share a pass. Larger inputs skip the queue and go through the Upscaler's
@@ -18,7 +18,7 @@ Inside a replica:
 - Decoding, inference and encoding run in worker threads so the event loop keeps accepting requests
   (which then join the next batch).
 - Limits: the body is capped while it streams (Serve's proxy has no request-size limit), then
-  :func:`~srgan.imageio.decode_image` checks the pixel count from the header. A client's mistake
+  :func:`~srgan.core.images.decode_image` checks the pixel count from the header. A client's mistake
   gets a 4xx with ``{"error": "<one line>"}``, never a 500.
 - Model updates without downtime: the model reference lives in the deployment's ``user_config``.
   Changing it (``serve deploy`` with a new ``user_config.model``) calls :meth:`UpscaleService.reconfigure`
@@ -26,7 +26,7 @@ Inside a replica:
   ``refresh_interval_s`` seconds. Either way the new weights load in a background thread while the
   old ones keep serving, then the replica swaps them in one assignment.
 
-Build the application with :func:`build_app` (the import path ``srgan.serving:build_app`` of
+Build the application with :func:`build_app` (the import path ``srgan.distributed.serving:build_app`` of
 ``infra/serve_config.yaml``); :func:`run_server` is what ``pipelines/serve.py`` calls.
 """
 
@@ -46,9 +46,10 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from srgan.cli import UserError
-from srgan.imageio import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
-from srgan.inference import DEFAULT_MODEL, ModelSource, Upscaler, UpscalerOptions, resolve_model_source
+from srgan.errors import UserError
+from srgan.core.images import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
+from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
 
 __all__ = ["ServeOptions", "ModelConfig", "UpscaleService", "build_app", "run_server", "APP_NAME", "DEPLOYMENT_NAME"]
 
@@ -340,8 +341,8 @@ class UpscaleService:
     # -------------------------------------------------------------------------------- model updates
 
     def _load(self, config: ModelConfig, source: ModelSource | None = None) -> Upscaler:
-        source = source or resolve_model_source(config.model, tracking_uri=config.tracking_uri)
-        upscaler = Upscaler.from_source(source, options=self.options.upscaler_options())
+        source = source or resolve_model(config.model, tracking_uri=config.tracking_uri)
+        upscaler = load_upscaler(source, options=self.options.upscaler_options())
         log.info("loaded %s (version %s) from %s", source.name, upscaler.version, source.uri)
         return upscaler
 
@@ -377,7 +378,7 @@ class UpscaleService:
                 continue
             config = self.config
             try:
-                source = await asyncio.to_thread(resolve_model_source, config.model, tracking_uri=config.tracking_uri)
+                source = await asyncio.to_thread(resolve_model, config.model, tracking_uri=config.tracking_uri)
                 if source.uri != self.upscaler.source.uri:
                     log.info("%s moved to %s: loading it", config.model, source.uri)
                     await self._swap(config, source, refresh=True)
@@ -487,7 +488,7 @@ class UpscaleService:
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
-    """Serve application builder (``srgan.serving:build_app``): ``args`` are :class:`ServeOptions` fields.
+    """Serve application builder (``srgan.distributed.serving:build_app``): ``args`` are :class:`ServeOptions` fields.
 
     Deployment options given in a Serve config's ``deployments:`` section override those set here.
     """
@@ -512,9 +513,9 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     The model is checked before Ray starts, so a missing or unregistered model is a one-line error.
     On Ctrl-C or SIGTERM the application is deleted (and Serve shut down if this call started it).
     """
-    from srgan.train import init_ray  # RAY: the project's one way to join or start a cluster
+    from srgan.distributed.cluster import init_ray  # RAY: the project's one way to join or start a cluster
 
-    source = resolve_model_source(options.model, tracking_uri=options.tracking_uri)
+    source = resolve_model(options.model, tracking_uri=options.tracking_uri)
     options = _portable(options, source)
     init_ray()
     already_running = _serve_is_running()

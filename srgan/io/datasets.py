@@ -1,4 +1,7 @@
-"""Training ingest (a Ray edge): image prefixes or Parquet shards -> random uint8 HR crops.
+"""Training data without Ray: listing image prefixes and Parquet shards, decoding to random uint8 HR
+crops, counting skipped objects, and packing a prefix into shards (``pipelines/prepare.py``).
+
+:mod:`srgan.distributed.ingest` runs these functions inside Ray Data.
 
 One epoch, as Ray Data runs it::
 
@@ -8,7 +11,7 @@ One epoch, as Ray Data runs it::
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
 
 Only ``gt`` travels: the LR input is made on the training worker's device by
-:func:`srgan.degrade.degrade` (the one MATLAB-bicubic degradation), so no resampling happens here.
+:func:`srgan.core.degrade.degrade` (the one MATLAB-bicubic degradation), so no resampling happens here.
 
 A corrupt, empty, non-image, oversized or too small object never fails an epoch: the decoder skips it
 and reports ``(kind, path)`` to a named :class:`SkipCounter` actor that keeps the *unique* paths per
@@ -17,7 +20,7 @@ kind (a bad file read again next epoch is still one bad object) and logs each on
 Listing 1.28 M small objects every epoch is the slow path; :func:`pack_images` (``pipelines/prepare.py``)
 packs a prefix into Parquet shards once, and :func:`build_train_dataset` reads those the same way.
 
-The pure parts (listing, :func:`decode_and_crop`, :class:`SkipTally`, :func:`pack_images`) need no Ray.
+Nothing here imports Ray: ``prepare.py`` packs shards on a machine without it.
 """
 
 from __future__ import annotations
@@ -34,20 +37,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray
 import torch
 from torch import Tensor
 
-from srgan.cli import UserError
-from srgan.evaluation import IMAGE_EXTENSIONS
-from srgan.imageio import (
+from srgan.errors import UserError
+from srgan.core.evaluation import IMAGE_EXTENSIONS
+from srgan.core.images import (
     ImageDecodeError,
     ImageLimits,
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
 )
-from srgan.storage import resolve
+from srgan.io.storage import resolve
 
 __all__ = [
     "SKIP_KINDS",
@@ -59,10 +61,9 @@ __all__ = [
     "decode_and_crop",
     "random_crops",
     "SkipTally",
-    "SkipCounter",
-    "get_skip_counter",
-    "count_skips",
-    "build_train_dataset",
+    "SkipList",
+    "empty_skip_summary",
+    "relative_key",
     "PackSummary",
     "pack_images",
 ]
@@ -166,7 +167,7 @@ def list_parquet_shards(uri: str, *, s3_endpoint: str | None = None) -> tuple[pa
     return fs, shards
 
 
-def _relative_key(path: str, root: str) -> str:
+def relative_key(path: str, root: str) -> str:
     """``path`` relative to ``root`` (both in filesystem form), the key a packed shard stores."""
     prefix = root.rstrip("/") + "/"
     return path[len(prefix) :] if path.startswith(prefix) else path
@@ -263,154 +264,8 @@ class SkipTally:
         return {"counts": counts, "total": sum(counts.values()), "examples": examples}
 
 
-def _empty_summary() -> dict[str, Any]:
+def empty_skip_summary() -> dict[str, Any]:
     return SkipTally().summary()
-
-
-@ray.remote(num_cpus=0)
-class SkipCounter(SkipTally):
-    """Ray actor that counts skipped objects across all decode tasks and epochs, logging each once.
-
-    Create it with :func:`get_skip_counter` (named, ``get_if_exists=True``, no CPU); read it with
-    :func:`count_skips`. It lives as long as the job that created it holds a handle.
-    """
-
-    def add(self, skips: Iterable[tuple[str, str]]) -> SkipList:
-        new = super().add(skips)
-        for kind, path in new:
-            logging.getLogger(__name__).warning("skipped training image (%s): %s", kind, path)
-        return new
-
-
-# Handles kept by the process that made them: a named actor without lifetime="detached" is destroyed
-# once no handle to it is left, and the datasets/trainer only hold theirs while they run.
-_COUNTERS: dict[str, Any] = {}
-
-
-def get_skip_counter(name: str) -> ray.actor.ActorHandle:
-    """The :class:`SkipCounter` named ``name`` in this job's namespace, created on first use."""
-    handle = SkipCounter.options(name=name, get_if_exists=True).remote()
-    _COUNTERS[name] = handle
-    return handle
-
-
-def count_skips(skip_counter_name: str) -> dict[str, Any]:
-    """Summary of the named :class:`SkipCounter`; an empty summary if no such actor exists."""
-    try:
-        handle = ray.get_actor(skip_counter_name)
-    except ValueError:
-        return _empty_summary()
-    return ray.get(handle.summary.remote())
-
-
-# --------------------------------------------------------------------------------------- Ray Data
-
-
-def _decode_crop_batch(
-    batch: dict[str, np.ndarray],
-    *,
-    image_column: str,
-    root: str | None,
-    crop_size: int,
-    crops_per_image: int,
-    limits: ImageLimits,
-    counter: ray.actor.ActorHandle,
-) -> dict[str, np.ndarray]:
-    """map_batches UDF: {image_column, path} -> {"gt": uint8 (K, 3, c, c)}; skips go to ``counter``."""
-    # Raw reads carry the filesystem path; report the key relative to the source, as shards store it.
-    paths = [str(p) if root is None else _relative_key(str(p), root) for p in batch["path"]]
-    # Fresh OS entropy per batch: crops must differ at every epoch, and Ray runs batches in any order.
-    rng = np.random.default_rng()
-    out, skips = decode_and_crop(
-        {"bytes": batch[image_column], "path": np.asarray(paths, dtype=object)},
-        crop_size=crop_size,
-        crops_per_image=crops_per_image,
-        rng=rng,
-        limits=limits,
-    )
-    if skips:
-        # Wait for the actor: skips are rare, and a summary read right after the epoch must include them.
-        ray.get(counter.add.remote(skips))
-    return out
-
-
-def _file_shuffle(seed: int | None) -> Any:
-    """A file order that changes at every epoch (execution); reproducible per epoch when ``seed`` is set."""
-    from ray.data import FileShuffleConfig
-
-    if seed is None:
-        return "files"
-    return FileShuffleConfig(seed=seed, reseed_after_execution=True)
-
-
-def build_train_dataset(
-    uri: str,
-    *,
-    crop_size: int = 96,
-    crops_per_image: int = 1,
-    s3_endpoint: str | None = None,
-    limits: ImageLimits = ImageLimits(),
-    skip_counter_name: str,
-    seed: int | None = None,
-    decode_batch_size: int = 32,
-    num_cpus: float = 0.25,
-) -> ray.data.Dataset:
-    """A Ray Dataset of random HR training crops: rows ``{"gt": uint8 (3, crop_size, crop_size)}``, RGB, 0..255.
-
-    ``uri`` is an image prefix (local, ``file://`` or ``s3://``; jpg/jpeg/png/webp/bmp in any case, any
-    depth) or Parquet shards from :func:`pack_images` (a ``.parquet`` file or a prefix holding them).
-    Every epoch (each iteration of the dataset) reads the files in a new order and draws new crop
-    positions. The LR input is not made here: the trainer calls :func:`srgan.degrade.degrade` on its
-    device, and converts ``gt`` to [-1, 1] there.
-
-    With ``crops_per_image == 1`` each row comes from a different image, so every training batch holds
-    crops of distinct images (the paper's setting). With ``crops_per_image > 1`` the crops of an image
-    are adjacent rows: the trainer should then iterate with a local shuffle buffer
-    (``iter_torch_batches(local_shuffle_buffer_size=...)``) so they spread over batches. Rows of one
-    Parquet shard keep their packed order (shuffled once by :func:`pack_images`); shards are reordered
-    every epoch.
-
-    Bad objects are skipped and reported to the :class:`SkipCounter` named ``skip_counter_name`` (read
-    it with :func:`count_skips`); reusing a name adds to that counter. ``seed`` makes the per-epoch file
-    order reproducible (crop positions always use fresh entropy). ``num_cpus`` is per read/decode task:
-    keep it fractional on small machines where Train workers hold CPUs, or Ray Data starves.
-
-    A raw prefix is listed here, once; Ray then stats each listed file again. At ImageNet scale pack the
-    prefix with ``pipelines/prepare.py`` instead.
-    """
-    if crop_size < 1 or crops_per_image < 1:
-        raise UserError(f"crop_size and crops_per_image must be >= 1, got {crop_size} and {crops_per_image}")
-    if decode_batch_size < 1 or num_cpus <= 0:
-        raise UserError(f"decode_batch_size must be >= 1 and num_cpus > 0, got {decode_batch_size} and {num_cpus}")
-    import ray.data  # here, not at the top: packing and the pure functions don't need Ray Data
-
-    shuffle = _file_shuffle(seed)
-    if is_parquet_source(uri, s3_endpoint=s3_endpoint):
-        fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
-        ds = ray.data.read_parquet(shards, filesystem=fs, partitioning=None, shuffle=shuffle, num_cpus=num_cpus)
-        ds = ds.select_columns(list(SHARD_COLUMNS))
-        image_column, root = "image", None  # shards already store keys relative to the packed prefix
-    else:
-        fs, root, images = list_image_infos(uri, s3_endpoint)
-        paths = [i.path for i in images]
-        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=num_cpus)
-        image_column = "bytes"
-    counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
-    # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
-    # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
-    return ds.map_batches(
-        _decode_crop_batch,
-        batch_size=decode_batch_size,
-        num_cpus=num_cpus,
-        fn_kwargs={
-            "image_column": image_column,
-            "root": root,
-            "crop_size": crop_size,
-            "crops_per_image": crops_per_image,
-            "limits": limits,
-            "counter": counter,  # the dataset holds a handle, so the actor lives while the dataset does
-        },
-    )
 
 
 # --------------------------------------------------------------------------------------- packing
@@ -513,7 +368,7 @@ def pack_images(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for index, shard in enumerate(plan):
             blobs = _read_all(in_fs, [i.path for i in shard], pool)
-            keys = [_relative_key(i.path, in_root) for i in shard]
+            keys = [relative_key(i.path, in_root) for i in shard]
             name = f"part-{index:05d}.parquet"
             try:
                 _write_shard(out_fs, f"{out_path}/{name}", keys, blobs)

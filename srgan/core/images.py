@@ -19,6 +19,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from srgan.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
+
 __all__ = [
     "ImageLimits",
     "DecodedImage",
@@ -40,24 +42,6 @@ _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Leading bytes of the supported formats (BMP's "BM" is too short to trust on its own).
 _SIGNATURES = (_PNG_SIGNATURE, b"\xff\xd8\xff", b"RIFF")
-
-
-class ImageError(ValueError):
-    """Base class for a client's bad image. ``kind`` is a short machine-readable category."""
-
-    kind = "invalid"
-
-
-class ImageDecodeError(ImageError):
-    kind = "corrupt"
-
-
-class ImageTooLargeError(ImageError):
-    kind = "too_large"
-
-
-class UnsupportedImageError(ImageError):
-    kind = "unsupported"
 
 
 @dataclass(frozen=True)

@@ -35,17 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from srgan.checkpoint import save_generator, state_fingerprint
+from srgan.core.checkpoint import save_generator, state_fingerprint
 from srgan.config import Config, config_from_dict, flatten
-from srgan.engine import cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, unwrap, validate
-from srgan.models import build_discriminator, build_generator
+from srgan.core.engine import cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, unwrap, validate
+from srgan.core.models import build_discriminator, build_generator
+from srgan.distributed.cluster import init_ray
+from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
 
-__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "init_ray", "TRAINING_STATE_FILE", "SELECTION", "Selection"]
+__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "SELECTION", "Selection"]
 
 log = logging.getLogger(__name__)
-
-TRAINING_STATE_FILE = "training_state.pt"
-
 
 @dataclass(frozen=True)
 class Selection:
@@ -63,75 +62,6 @@ SELECTION = {
     "srresnet": Selection("val_psnr_y", "max", "val/psnr_y"),
     "srgan": Selection("val_content_distance", "min", "val/content_distance"),
 }
-
-
-# ----------------------------------------------------------------------------- checkpoint state
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class Nets:
-    """What one worker trains. ``net_d``/``opt_d`` exist in the srgan phase only."""
-
-    net_g: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    ema: torch.nn.Module | None = None
-    net_d: torch.nn.Module | None = None
-    opt_d: torch.optim.Optimizer | None = None
-
-
-def save_training_checkpoint(directory: Path, *, step: int, nets: Nets, config: Config, run_id: str) -> None:
-    """generator.safetensors + checkpoint.json (the exported weights: EMA if enabled) + training state
-    (G, D, both optimisers, EMA, RNG) in a weights-only torch file."""
-    export = nets.ema if nets.ema is not None else unwrap(nets.net_g)
-    metadata = {"step": step, "phase": config.train.phase, "mlflow_run_id": run_id, "weights": "ema" if nets.ema is not None else "net_g"}
-    save_generator(directory, export, config=config.to_dict(), metadata=metadata)
-    state = {
-        "step": step,
-        "net_g": unwrap(nets.net_g).state_dict(),
-        "optimizer": nets.opt_g.state_dict(),
-        "ema": nets.ema.state_dict() if nets.ema is not None else None,
-        "net_d": unwrap(nets.net_d).state_dict() if nets.net_d is not None else None,
-        "optimizer_d": nets.opt_d.state_dict() if nets.opt_d is not None else None,
-        "rng": _rng_state(),
-    }
-    torch.save(state, directory / TRAINING_STATE_FILE)
-
-
-def load_training_checkpoint(directory: Path, *, nets: Nets, map_location) -> int:
-    """Restore the training state saved by :func:`save_training_checkpoint`; returns its step."""
-    state = torch.load(directory / TRAINING_STATE_FILE, map_location=map_location, weights_only=True)
-    unwrap(nets.net_g).load_state_dict(state["net_g"])
-    nets.opt_g.load_state_dict(state["optimizer"])
-    if nets.ema is not None and state["ema"] is not None:
-        nets.ema.load_state_dict(state["ema"])
-    if nets.net_d is not None:
-        if state.get("net_d") is None:
-            raise RuntimeError(f"{directory} holds no discriminator: it is not an srgan-phase checkpoint (use another run.name)")
-        unwrap(nets.net_d).load_state_dict(state["net_d"])
-        nets.opt_d.load_state_dict(state["optimizer_d"])
-    _set_rng_state(state["rng"])
-    return int(state["step"])
 
 
 # ----------------------------------------------------------------------------------- the worker
@@ -157,11 +87,11 @@ def _build_nets(config: Config, device: torch.device, init_from: str, tracking_u
     """Fresh networks and optimisers on ``device``; G starts from ``init_from`` when given. Every rank
     loads it, so every rank's EMA starts from it too (DDP's start-up broadcast of rank 0's weights then
     changes nothing); D always starts fresh."""
-    from srgan.checkpoint import load_generator
+    from srgan.tracking.refs import load_generator_ref
 
     net_g = build_generator(config.model).to(device)
-    if init_from:
-        source, _ = load_generator(init_from, map_location=device, tracking_uri=tracking_uri)
+    if init_from:  # pinned by the driver (srgan.app.train_job.check_phase): the same weights on every rank
+        source, _ = load_generator_ref(init_from, map_location=device, tracking_uri=tracking_uri, s3_endpoint=config.data.s3_endpoint)
         net_g.load_state_dict(source.state_dict())
     net_d = build_discriminator(config.discriminator).to(device) if config.train.phase == "srgan" else None
     if config.train.channels_last:
@@ -181,7 +111,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train  # RAY
     import ray.train.torch  # RAY
 
-    from srgan.losses import build_content_loss
+    from srgan.core.losses import build_content_loss
+    from srgan.io.storage import fetch_weights_file
 
     config = config_from_dict(loop_config["config"])
     gan = config.train.phase == "srgan"
@@ -194,7 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # RAY
     # A checkpoint (resume or restart after a failure) wins over init_from, which only starts a run.
     nets = _build_nets(config, device, "" if checkpoint is not None else loop_config["init_from"], loop_config["tracking_uri"])
-    content_loss = build_content_loss(config.loss, vgg_weights=config.loss.vgg_weights).to(device) if gan else None
+    content_loss = build_content_loss(config.loss, vgg_weights=fetch_weights_file(config.loss.vgg_weights)).to(device) if gan else None
     logger = _rank0_logger(loop_config) if rank == 0 else None
 
     step = 0
@@ -236,9 +167,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if opt is not None:
                 set_lr(opt, lr)
         if gan:
-            out = srgan_step(model_g, model_d, nets.opt_g, nets.opt_d, gt_u8, content_loss=content_loss, config=config)
+            out = srgan_step(model_g, model_d, nets.opt_g, nets.opt_d, gt_u8, content_loss=content_loss, config=config.step)
         else:
-            out = srresnet_step(model_g, nets.opt_g, gt_u8, config=config)
+            out = srresnet_step(model_g, nets.opt_g, gt_u8, config=config.step)
         if nets.ema is not None:
             ema_update(nets.ema, model_g, config.train.ema_decay)
         meter.images += gt_u8.shape[0] * world
@@ -301,13 +232,13 @@ def _mean_over_workers(values: dict[str, float], world: int, device: torch.devic
 
 
 def _rank0_logger(loop_config: dict[str, Any]):
-    from srgan.tracking import MetricLogger
+    from srgan.tracking.runs import MetricLogger
 
     return MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
 
 
 def _log_skips(logger, counter_name: str, step: int) -> None:
-    from srgan.data import count_skips
+    from srgan.distributed.ingest import count_skips
 
     summary = count_skips(counter_name)
     metrics = {"data/skipped_total": summary.get("total", 0)}
@@ -317,9 +248,9 @@ def _log_skips(logger, counter_name: str, step: int) -> None:
 
 def _local_val_set(config: Config) -> tuple[str, bool]:
     """The validation set as a local directory (downloaded once if remote), and whether LR must be made."""
-    from srgan.storage import fetch_to_local
+    from srgan.io.storage import fetch_to_local
 
-    from srgan.evaluation import find_pairs
+    from srgan.core.evaluation import find_pairs
 
     local = fetch_to_local(config.data.val, s3_endpoint=config.data.s3_endpoint)
     has_lr = (Path(local) / "LR_bicubic" / f"X{config.model.scale}").is_dir()
@@ -362,7 +293,7 @@ def _report_checkpoint(step: int, nets: Nets, config: Config, run_id: str, rank:
     metrics = {"step": step, **last_val}
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            save_training_checkpoint(Path(tmp), step=step, nets=nets, config=config, run_id=run_id)
+            save_training_checkpoint(Path(tmp), step=step, nets=nets, config=config.to_dict(), run_id=run_id)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # RAY
         print(f"[srgan] checkpoint step {step} saved", flush=True)
     else:
@@ -388,84 +319,6 @@ class TrainSummary:
     selection_value: float | None = None
 
 
-def init_ray() -> None:
-    """Join the cluster at RAY_ADDRESS (ray job submit, ray start), else start a local one on the
-    loopback interface. The one place the project connects to Ray: training, Serve and bulk jobs."""
-    import ray  # RAY
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    hook = quiet_framework_logs if address else quiet_local_framework_logs
-    hook()
-    # RAY: every worker process of this job runs the same hook (merged with a submitted job's runtime_env).
-    runtime_env = {"worker_process_setup_hook": f"{__name__}.{hook.__name__}"}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)  # RAY: an existing cluster (ray job submit / ray start)
-    else:
-        # RAY: a local cluster for the embedded demo, on the loopback interface only. The dashboard
-        # is on (bound to 127.0.0.1): it serves the State API that Ray Train's placement-group
-        # cleaner polls (without it, a warning every second), and it is Ray's own UI for the run.
-        context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-                           configure_logging=False, runtime_env=runtime_env)
-        if context.dashboard_url:
-            print(f"[srgan] Ray dashboard: http://{context.dashboard_url}", flush=True)
-    from ray.data import DataContext  # RAY
-
-    # No progress bars from Ray Data: the training loop and the bulk job print their own progress.
-    DataContext.get_current().enable_progress_bars = False
-
-
-# Framework lines that repeat every epoch or every report and say nothing a user acts on. Ray Train's
-# own INFO lines still go to its log files (RunConfig's LoggingConfig filters the console only); these
-# loggers are lowered outright, so their INFO lines are gone from Ray Data's log file too.
-_QUIET_LOGGERS = {
-    "ray.data._internal.execution.streaming_executor": logging.WARNING,  # plan + finish, every epoch
-    "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled" (we disable them)
-}
-
-
-def quiet_framework_logs() -> None:
-    """Ray's ``worker_process_setup_hook`` (and the driver's own set-up): lower the per-epoch and
-    per-report framework loggers to warnings. Cheap: it imports nothing beyond Ray itself."""
-    import warnings
-
-    import ray  # RAY
-
-    for name, level in _QUIET_LOGGERS.items():
-        _raise_level(name, level)
-    # Ray Train's worker context logs "Reporting training result N: ..." at every checkpoint, through a
-    # logger named by its file path (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
-    _raise_level(os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py"), logging.WARNING)
-    # Raised by Ray Data's own internals (not by this project's calls) once per dataset manager.
-    warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources.* is deprecated")
-
-
-def quiet_local_framework_logs() -> None:
-    """:func:`quiet_framework_logs`, plus one warning that only matters where an autoscaler runs: on a
-    busy local machine Ray Train's first resource request to its autoscaling coordinator (an actor it
-    creates on demand) can take over 5 s, and it logs a traceback that it calls safe to ignore."""
-    quiet_framework_logs()
-    _raise_level("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client", logging.ERROR)
-
-
-class _MinLevel(logging.Filter):
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
-
-
-def _raise_level(logger_name: str, level: int) -> None:
-    """A filter on the logger, not ``setLevel``: Ray Train re-runs ``logging.config.dictConfig`` in its
-    processes, which resets the level (not the filters) of every logger below "ray.train"."""
-    logger = logging.getLogger(logger_name)
-    if not any(isinstance(f, _MinLevel) for f in logger.filters):
-        logger.addFilter(_MinLevel(level))
-
-
 def _storage_path(storage: str) -> str:
     if "://" in storage and not storage.startswith("file://"):
         return storage
@@ -484,13 +337,13 @@ def _cpus_per_worker(config: Config) -> float:
     return max(0.25, min(1.0, total / (2 * config.run.workers)))
 
 
-def run_training(config: Config) -> TrainSummary:
+def run_training(config: Config, *, requested_init_from: str = "") -> TrainSummary:
     """Train ``config`` on Ray and register the best generator; blocks until done."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # RAY
     from ray.train.torch import TorchTrainer  # RAY
 
-    from srgan.data import build_train_dataset, count_skips
-    from srgan.tracking import finish_run, log_params_once, open_run, resolve_tracking_uri
+    from srgan.distributed.ingest import build_train_dataset, count_skips
+    from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri
 
     t0 = time.perf_counter()
     tracking_uri = resolve_tracking_uri(config.run.tracking_uri)
@@ -499,10 +352,10 @@ def run_training(config: Config) -> TrainSummary:
     run_id, resumed = open_run(tracking_uri, experiment=config.run.experiment, run_key=run_key, run_name=config.run.name)
     log_params_once(tracking_uri, run_id, flatten(config))
     print(f"[srgan] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in experiment '{config.run.experiment}' at {tracking_uri}", flush=True)
-    init_from = _pin_init_from(config.train.init_from, tracking_uri, run_id)
+    init_from = _record_init_from(config, requested_init_from, tracking_uri, run_id)
     selection = SELECTION[config.train.phase]
 
-    init_ray()
+    init_ray()  # RAY
     skip_counter = f"srgan-skips-{config.run.name}-{uuid.uuid4().hex[:8]}"
     dataset = build_train_dataset(  # RAY: Ray Data decode + random crop -> uint8 Arrow tensors
         config.data.train,
@@ -547,26 +400,23 @@ def run_training(config: Config) -> TrainSummary:
     return summary
 
 
-def _pin_init_from(init_from: str, tracking_uri: str, run_id: str) -> str:
-    """A registry alias is pinned to the version it points at now (recorded as a run tag), so every
-    worker, and every restart, starts from the same weights even if the alias moves meanwhile."""
-    if not init_from:
+def _record_init_from(config: Config, requested: str, tracking_uri: str, run_id: str) -> str:
+    """Tag the run with the generator it starts from: what the user named and the pinned reference
+    (``srgan.app.train_job.check_phase`` pinned it before Ray started)."""
+    pinned = config.train.init_from
+    if not pinned:
         return ""
-    pinned = init_from
-    if init_from.startswith("models:/"):
-        from srgan.registry import pin_model_uri
+    requested = requested or pinned
+    from srgan.tracking.runs import MetricLogger
 
-        pinned = pin_model_uri(init_from, tracking_uri=tracking_uri)
-    from srgan.tracking import MetricLogger
-
-    MetricLogger(tracking_uri, run_id).set_tags({"srgan.init_from": init_from, "srgan.init_from_resolved": pinned})
-    print(f"[srgan] generator initialised from {pinned}" + (f" ({init_from})" if pinned != init_from else ""), flush=True)
+    MetricLogger(tracking_uri, run_id).set_tags({"srgan.init_from": requested, "srgan.init_from_resolved": pinned})
+    print(f"[srgan] generator initialised from {pinned}" + (f" ({requested})" if pinned != requested else ""), flush=True)
     return pinned
 
 
 def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dict[str, Any], t0: float) -> TrainSummary:
-    from srgan.registry import register_generator
-    from srgan.tracking import MetricLogger
+    from srgan.tracking.registry import register_generator
+    from srgan.tracking.runs import MetricLogger
 
     selection = SELECTION[config.train.phase]
     logger = MetricLogger(tracking_uri, run_id)

@@ -37,10 +37,11 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from srgan.cli import UserError
-from srgan.imageio import FORMAT_EXTENSIONS, ImageError, ImageLimits, decode_image, encode_image
-from srgan.inference import DEFAULT_MODEL, ModelSource, Upscaler, UpscalerOptions, resolve_model_source
-from srgan.storage import resolve
+from srgan.errors import UserError
+from srgan.core.images import FORMAT_EXTENSIONS, ImageError, ImageLimits, decode_image, encode_image
+from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
+from srgan.io.storage import resolve
 
 __all__ = ["BulkUpscaleConfig", "BulkSummary", "UpscaleBatch", "plan_outputs", "run_bulk_upscale", "ERRORS_REPORT"]
 
@@ -247,7 +248,7 @@ def _same_or_inside(inner: str, outer: str) -> bool:
 
 def _list_inputs(config: BulkUpscaleConfig) -> tuple[pafs.FileSystem, str, bool, dict[str, str], list[Failure]]:
     """(fs, root, parquet?, key -> path or shard, inputs refused by size) for the input URI."""
-    from srgan.data import list_image_infos, is_parquet_source, list_parquet_shards
+    from srgan.io.datasets import list_image_infos, is_parquet_source, list_parquet_shards
 
     if is_parquet_source(config.input, s3_endpoint=config.s3_endpoint):
         fs, shards = list_parquet_shards(config.input, s3_endpoint=config.s3_endpoint)
@@ -286,7 +287,7 @@ class UpscaleBatch:
 
     def __init__(self, *, source: ModelSource, options: UpscalerOptions, output: str, s3_endpoint: str | None,
                  todo: dict[str, str], in_root: str | None, fmt: str | None, quality: int, limits: ImageLimits) -> None:
-        self.upscaler = Upscaler.from_source(source, options=options)
+        self.upscaler = load_upscaler(source, options=options)
         self.store = OutputStore(output, s3_endpoint)
         self.todo, self.in_root, self.fmt, self.quality, self.limits = todo, in_root, fmt, quality, limits
 
@@ -393,7 +394,7 @@ class _Progress:
 
 def _execute(config: BulkUpscaleConfig, plan: Plan, source: ModelSource, summary: BulkSummary, report: Callable[[str], None]) -> list[Failure]:
     """Run the dataset; fills ``summary`` and returns the failures it met (missing inputs included)."""
-    from srgan.train import init_ray  # RAY: the project's one way to join or start a cluster
+    from srgan.distributed.cluster import init_ray  # RAY: the project's one way to join or start a cluster
 
     init_ray()  # (also turns Ray Data's progress bars off: the driver prints its own progress lines)
     failures, seen = [], set()
@@ -440,7 +441,7 @@ def run_bulk_upscale(config: BulkUpscaleConfig, *, report: Callable[[str], None]
     report(f"{len(plan.todo)} to upscale, {plan.skipped} already done (skipped), {len(plan.failures)} refused")
     failures = list(plan.failures)
     if plan.todo:
-        source = resolve_model_source(config.model, tracking_uri=config.tracking_uri)  # before Ray starts
+        source = resolve_model(config.model, tracking_uri=config.tracking_uri)  # before Ray starts
         report(f"model {source.uri}; {config.workers} worker(s){' with a GPU each' if config.gpu else ''}")
         failures += _execute(config, plan, source, summary, report)
     summary.failed = len(failures)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from srgan.degrade import bicubic_upscale
-from srgan.ranges import unit_to_signed
+from srgan.core.degrade import bicubic_upscale
+from srgan.core.ranges import unit_to_signed
 
 __all__ = [
     "GeneratorConfig",

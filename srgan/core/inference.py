@@ -1,11 +1,11 @@
 """The Upscaler: load a generator once, upscale images of any size with bounded memory.
 
-Used as is by evaluation, by the Ray Data bulk job's actor pool (``srgan.batch``) and by the Serve
-replica (``srgan.serving``), so that batch and online inference share one code path.
+Used as is by evaluation, by the Ray Data bulk job's actor pool (``srgan.distributed.bulk``) and by the Serve
+replica (``srgan.distributed.serving``), so that batch and online inference share one code path.
 
-Where the weights come from: :func:`resolve_model_source` pins a model reference once (a registry
-alias becomes the version it points at now), so every replica and actor that loads the pinned
-:class:`ModelSource` gets the same weights even if the alias moves meanwhile.
+Where the weights come from: the Upscaler loads a local checkpoint directory, or takes a built
+generator. Model references (registry aliases, ``s3://``) are pinned and fetched by
+:mod:`srgan.tracking.refs` (``load_upscaler``), which also records the pinned source on the Upscaler.
 
 Tiling: an image larger than ``tile_size`` LR pixels is cut into tiles that overlap by
 ``tile_overlap`` pixels; each tile is run with ``tile_pad`` extra pixels of real context around it,
@@ -25,19 +25,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from srgan.checkpoint import META_FILE, CheckpointError, GeneratorCheckpoint, load_generator
-from srgan.degrade import bicubic_upscale
-from srgan.imageio import DecodedImage, with_planes
-from srgan.models import SRResNet
-from srgan.ranges import signed_to_unit
+from srgan.core.checkpoint import GeneratorCheckpoint, load_generator
+from srgan.core.degrade import bicubic_upscale
+from srgan.core.images import DecodedImage, with_planes
+from srgan.core.models import SRResNet
+from srgan.core.ranges import signed_to_unit
 
-__all__ = ["UpscalerOptions", "Upscaler", "pick_device", "ModelSource", "resolve_model_source", "weights_digest", "DEFAULT_MODEL"]
+__all__ = ["UpscalerOptions", "Upscaler", "pick_device", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
 _MIN_TILE = 32
-DEFAULT_MODEL = "models:/srgan-generator@champion"  # the alias the training pipeline moves
-_MODELS_PREFIX = "models:/"
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -69,78 +67,6 @@ class UpscalerOptions:
             raise ValueError(f"tile_pad must be >= 0, got {self.tile_pad}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A generator reference, pinned.
-
-    ``requested`` is what the user named (a checkpoint URI, ``models:/NAME@ALIAS`` or
-    ``models:/NAME/VERSION``); ``uri`` is what is loaded: for an alias, the version it pointed at when
-    it was resolved. ``version`` is the registry version, or None for a checkpoint (whose weights'
-    digest then names it, see :attr:`Upscaler.version`).
-    """
-
-    requested: str
-    uri: str
-    name: str
-    version: str | None = None
-    tracking_uri: str | None = None
-
-    @property
-    def is_alias(self) -> bool:
-        """True for ``models:/NAME@ALIAS``: the reference can move to another version later."""
-        return self.requested.startswith(_MODELS_PREFIX) and "@" in self.requested
-
-
-def _registry_source(uri: str, tracking_uri: str | None) -> ModelSource:
-    from mlflow.exceptions import MlflowException
-
-    from srgan.registry import pin_model_uri
-    from srgan.tracking import resolve_tracking_uri
-
-    store = resolve_tracking_uri(tracking_uri)  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    hint = "train and register one with pipelines/train.py, point --tracking-uri at the right store, or pass a checkpoint directory"
-    # MLflow would create an empty database at a missing SQLite path: say so instead.
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).is_file():
-        raise CheckpointError(f"cannot load {uri}: there is no MLflow store at {store}; {hint}")
-    try:
-        pinned = pin_model_uri(uri, tracking_uri=store)
-    except (MlflowException, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{uri} is not registered in {store} ({reason}); {hint}") from None
-    name, version = pinned[len(_MODELS_PREFIX) :].rsplit("/", 1)
-    return ModelSource(requested=uri, uri=pinned, name=name, version=version, tracking_uri=store)
-
-
-def _checkpoint_source(uri: str) -> ModelSource:
-    import pyarrow.fs as pafs
-
-    from srgan.storage import resolve
-
-    try:
-        fs, path = resolve(uri)
-        found = fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File
-    except (ValueError, OSError) as exc:
-        raise CheckpointError(f"cannot read the checkpoint {uri}: {exc}") from None
-    if not found:
-        raise CheckpointError(f"{uri} is not a generator checkpoint (no {META_FILE} there): pass a checkpoint directory or models:/NAME@ALIAS")
-    # A local checkpoint is named by its absolute path: replicas and actors run in other directories.
-    pinned = path if isinstance(fs, pafs.LocalFileSystem) else uri
-    return ModelSource(requested=uri, uri=pinned, name=Path(path).name)
-
-
-def resolve_model_source(uri: str | os.PathLike, *, tracking_uri: str | None = None) -> ModelSource:
-    """Check that ``uri`` names a loadable generator and pin it, without loading the weights.
-
-    ``models:/NAME@ALIAS`` is resolved to the version the alias points at now (in ``tracking_uri``, else
-    ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``). Anything missing raises
-    :class:`~srgan.checkpoint.CheckpointError` with a one-line message that says what to do.
-    """
-    uri = str(uri)
-    if uri.startswith(_MODELS_PREFIX):
-        return _registry_source(uri, tracking_uri)
-    return _checkpoint_source(uri)
 
 
 def weights_digest(net: torch.nn.Module) -> str:
@@ -190,27 +116,20 @@ class Upscaler:
         self.tile_pad = net_g.receptive_radius if options.tile_pad is None else options.tile_pad
         self.tile_size = options.tile_size  # lowered for good after a CUDA out-of-memory error
         self.model_info = model_info
-        self.source: ModelSource | None = None
+        self.source = None  # the pinned srgan.tracking.refs.ModelSource, when loaded through it
         self._version: str | None = None
 
     @classmethod
-    def from_checkpoint(cls, uri: str | os.PathLike, *, options: UpscalerOptions = UpscalerOptions(), tracking_uri: str | None = None) -> Upscaler:
-        """Load the generator at ``uri`` once: a checkpoint directory/URI or ``models:/NAME@ALIAS``."""
-        net_g, info = load_generator(uri, map_location="cpu", tracking_uri=tracking_uri)
+    def from_checkpoint(cls, directory: str | os.PathLike, *, options: UpscalerOptions = UpscalerOptions()) -> Upscaler:
+        """Load the generator in a local checkpoint directory once (any reference: ``load_upscaler``)."""
+        net_g, info = load_generator(directory, map_location="cpu")
         return cls(net_g, options=options, model_info=info)
-
-    @classmethod
-    def from_source(cls, source: ModelSource, *, options: UpscalerOptions = UpscalerOptions()) -> Upscaler:
-        """Load a pinned :class:`ModelSource` (see :func:`resolve_model_source`)."""
-        upscaler = cls.from_checkpoint(source.uri, options=options, tracking_uri=source.tracking_uri)
-        upscaler.source = source
-        return upscaler
 
     @property
     def version(self) -> str:
         """The registry version of the loaded model, else a digest of its weights."""
         if self._version is None:
-            registered = self.source.version if self.source is not None else None
+            registered = getattr(self.source, "version", None)
             self._version = registered or weights_digest(self.net_g)
         return self._version
 

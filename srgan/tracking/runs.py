@@ -25,13 +25,13 @@ __all__ = ["resolve_tracking_uri", "open_run", "MetricLogger", "log_params_once"
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # in the working directory (made absolute when resolved)
+
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """The store to use: ``uri``; if empty, the standard MLFLOW_TRACKING_URI (how a cluster's nodes
     name their tracking server), else the project's SQLite default. A relative ``sqlite:///x.db`` is
     made absolute; other URIs (``http(s)://`` servers, ``postgresql://``...) are returned unchanged."""
-    from srgan.storage import DEFAULT_TRACKING_URI
-
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from srgan.config import Config, ConfigError
-from srgan.storage import resolve
+from srgan.io.storage import resolve
 
 __all__ = ["DEMO_DATA_DIR", "check_sources", "run_job", "print_summary"]
 
@@ -43,34 +43,34 @@ def check_sources(config: Config) -> Config:
     if "://" not in data.val:
         _check_val_layout(data.val, config.model.scale)
     config = dataclasses.replace(config, data=data)
-    check_phase(config)
-    return config
+    return check_phase(config)
 
 
-def check_phase(config: Config) -> None:
-    """Before Ray starts: the generator to start from loads and matches ``model``; the srgan phase's
-    VGG19 weights can be found (or ``random`` was asked for, which is announced loudly)."""
-    from srgan.checkpoint import CheckpointError, load_generator
-    from srgan.losses import check_vgg19_weights
-    from srgan.tracking import resolve_tracking_uri
+def check_phase(config: Config) -> Config:
+    """Before Ray starts: pin the generator to start from and check that it matches ``model``; check
+    that the srgan phase's VGG19 weights can be found (or ``random`` was asked for, announced loudly).
+
+    Returns the config with ``train.init_from`` pinned (``models:/NAME@ALIAS`` -> ``models:/NAME/N``,
+    a local checkpoint -> its absolute path): the weights checked here are the weights every worker,
+    and every restart, loads, even if the alias moves meanwhile."""
+    from srgan.core.losses import check_vgg19_weights
+    from srgan.tracking.refs import load_generator_ref, resolve_model
 
     train = config.train
     if train.init_from:
-        try:
-            _, info = load_generator(train.init_from, tracking_uri=resolve_tracking_uri(config.run.tracking_uri))
-        except CheckpointError:
-            raise  # already one line that says what to fix
-        except Exception as exc:  # registry lookups raise MLflow's own errors
-            raise ConfigError(f"--init-from {train.init_from}: {' '.join(str(exc).split())[:300]}") from None
+        source = resolve_model(train.init_from, tracking_uri=config.run.tracking_uri or None, s3_endpoint=config.data.s3_endpoint)
+        _, info = load_generator_ref(source, s3_endpoint=config.data.s3_endpoint)
         if info.generator != config.model:
             diff = [f"model.{k}={v}" for k, v in dataclasses.asdict(info.generator).items() if getattr(config.model, k) != v]
             raise ConfigError(f"--init-from {train.init_from} is a different generator; set {' '.join('--set ' + d for d in diff)} (or use a config with that model)")
+        config = dataclasses.replace(config, train=dataclasses.replace(train, init_from=source.uri))
     if train.phase == "srgan":
         where = check_vgg19_weights(config.loss.vgg_weights)
         if config.loss.vgg_weights == "random":
             print("[srgan] WARNING: --vgg-weights random: the VGG content loss uses RANDOM weights and is NOT perceptual (tests only)", flush=True)
         else:
             print(f"[srgan] VGG19 weights: {where}", flush=True)
+    return config
 
 
 def _absolute(uri: str) -> str:
@@ -79,22 +79,23 @@ def _absolute(uri: str) -> str:
 
 def _check_val_layout(val_dir: str, scale: int) -> None:
     """A local validation set must have HR/ (LR_bicubic/X<scale>/ is optional: degrade() makes LR)."""
-    from srgan.evaluation import find_pairs
+    from srgan.core.evaluation import find_pairs
 
     has_lr = (Path(val_dir) / "LR_bicubic" / f"X{scale}").is_dir()
     find_pairs(val_dir, scale=scale, use_degrade=not has_lr)
 
 
 def _make_demo() -> tuple[Path, Path]:
-    from srgan.demo_data import make_demo_dataset
+    from srgan.app.demo_data import make_demo_dataset
 
     return make_demo_dataset(DEMO_DATA_DIR)
 
 
-def run_job(config: Config):
-    from srgan.train import run_training
+def run_job(config: Config, *, requested_init_from: str = ""):
+    """Train ``config`` (already checked: see :func:`check_sources`) on Ray and register the result."""
+    from srgan.distributed.trainer import run_training
 
-    return run_training(config)
+    return run_training(config, requested_init_from=requested_init_from)
 
 
 def print_summary(summary) -> None:

@@ -1,11 +1,11 @@
 """The training engine in plain PyTorch: the SRResNet and SRGAN steps, EMA, learning-rate schedule,
 validation.
 
-No Ray here: ``srgan.train`` (the Ray Train edge) calls these functions on each worker, and tests call
+No Ray here: ``srgan.distributed.trainer`` (the Ray Train edge) calls these functions on each worker, and tests call
 them directly. State passes through arguments and return values.
 
 Batches arrive as uint8 HR crops ``gt_u8`` (N, 3, crop, crop) on the device; the LR input is made
-here with :func:`srgan.degrade.degrade` on the uint8 path (the exact MATLAB semantics that made the
+here with :func:`srgan.core.degrade.degrade` on the uint8 path (the exact MATLAB semantics that made the
 evaluation sets), so training and evaluation see the same degradation, and only HR crops cross the
 network from Ray Data.
 """
@@ -15,19 +15,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from srgan.config import Config, OptimConfig
-from srgan.degrade import bicubic_upscale, degrade
-from srgan.evaluation import DatasetScore, bicubic_model, evaluate_dataset, upscaler_model
-from srgan.losses import VGGContentLoss, discriminator_loss, perceptual_loss, pixel_loss
-from srgan.ranges import uint8_to_unit, unit_to_signed
+from srgan.core.degrade import bicubic_upscale, degrade
+from srgan.core.evaluation import DatasetScore, bicubic_model, evaluate_dataset, upscaler_model
+from srgan.core.losses import LossConfig, VGGContentLoss, discriminator_loss, perceptual_loss, pixel_loss
+from srgan.core.ranges import uint8_to_unit, unit_to_signed
+from srgan.errors import ConfigError
 
 __all__ = [
+    "OptimConfig",
+    "StepConfig",
     "make_pair",
     "make_optimizer",
     "lr_at",
@@ -42,6 +44,33 @@ __all__ = [
     "comparison_grid",
     "unwrap",
 ]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4  # Adam learning rate (the paper: 1e-4)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    lr_decay_step: int = 0  # 0 = constant; else lr x lr_decay_factor from this step on (SRGAN: 1e5)
+    lr_decay_factor: float = 0.1
+
+    def validate(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
+        if self.lr_decay_step < 0 or not self.lr_decay_factor > 0:
+            raise ConfigError("optim.lr_decay_step must be >= 0 and optim.lr_decay_factor > 0")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What one training step needs from a run's configuration (``srgan.config.Config.step``)."""
+
+    scale: int = 4
+    loss: LossConfig = field(default_factory=LossConfig)  # loss weights, next to each loss
+    bf16: bool = False  # bf16 autocast of the forward passes
+    channels_last: bool = False
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -78,12 +107,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Tensor, *, config: Config) -> dict[str, float]:
+def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Tensor, *, config: StepConfig) -> dict[str, float]:
     """One MSE step on a batch of uint8 HR crops; returns the loss (a float, synced to the CPU)."""
-    lq, gt = make_pair(gt_u8, config.model.scale)
-    if config.train.channels_last:
+    lq, gt = make_pair(gt_u8, config.scale)
+    if config.channels_last:
         lq = lq.contiguous(memory_format=torch.channels_last)
-    with _autocast(gt.device, config.train.bf16):
+    with _autocast(gt.device, config.bf16):
         sr = net_g(lq)
     loss = config.loss.pixel_weight * pixel_loss(sr.float(), gt)
     optimizer.zero_grad(set_to_none=True)
@@ -109,7 +138,7 @@ def srgan_step(
     gt_u8: Tensor,
     *,
     content_loss: VGGContentLoss,
-    config: Config,
+    config: StepConfig,
 ) -> dict[str, float]:
     """One SRGAN iteration on uint8 HR crops: a D step (real vs generated), then a G step with D frozen.
 
@@ -120,10 +149,10 @@ def srgan_step(
     Returns floats synced to the CPU: G's total/content/adversarial losses, D's loss, and the mean
     probabilities D(x) (real) and D(G(z)) (generated, before this step's D update).
     """
-    lq, gt = make_pair(gt_u8, config.model.scale)  # (N, 3, h, w) [0, 1], (N, 3, H, W) [-1, 1]
-    if config.train.channels_last:
+    lq, gt = make_pair(gt_u8, config.scale)  # (N, 3, h, w) [0, 1], (N, 3, H, W) [-1, 1]
+    if config.channels_last:
         lq = lq.contiguous(memory_format=torch.channels_last)
-    autocast = _autocast(gt.device, config.train.bf16)
+    autocast = _autocast(gt.device, config.bf16)
     with autocast:
         sr = net_g(lq)  # (N, 3, H, W) [-1, 1]
 
@@ -200,7 +229,7 @@ def validate(
     ``content_loss`` the result also has the mean VGG feature distance between SR and HR (the same
     measure as the training content loss, on whole 8-bit images): the SRGAN phase selects by it.
     """
-    from srgan.inference import Upscaler, UpscalerOptions
+    from srgan.core.inference import Upscaler, UpscalerOptions
 
     net = copy.deepcopy(unwrap(net_g))
     device = next(net.parameters()).device
@@ -233,7 +262,7 @@ def validate(
 
 def comparison_grid(samples: list[tuple[Tensor, Tensor, Tensor]], val_dir: str, *, scale: int, use_degrade: bool, crop: int = 128) -> np.ndarray | None:
     """One row per sample: LR (nearest-neighbour enlarged) | bicubic | SR | HR, centre crops of ``crop`` px."""
-    from srgan.evaluation import find_pairs, read_uint8
+    from srgan.core.evaluation import find_pairs, read_uint8
 
     if not samples:
         return None

@@ -3,7 +3,8 @@
 A registered version's source is the run's ``generator/`` artifact folder, which holds exactly a
 checkpoint directory (``generator.safetensors`` + ``checkpoint.json``). No MLflow flavour or pyfunc
 wrapper is involved, so loading a version never unpickles or executes anything: it downloads the
-folder and :func:`srgan.checkpoint.load_generator` reads it.
+folder (:func:`download_version`) and :func:`srgan.core.checkpoint.load_generator` reads it.
+References (``models:/NAME@ALIAS``...) are parsed and pinned in :mod:`srgan.tracking.refs` only.
 
 The ``champion`` alias moves only when the new version beats the current champion on the selection
 metric (stored as a version tag), so a worse run never replaces a better model.
@@ -16,9 +17,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from srgan.checkpoint import META_FILE, WEIGHTS_FILE
+from srgan.core.checkpoint import META_FILE, WEIGHTS_FILE
+from srgan.errors import ModelReferenceError
 
-__all__ = ["Registration", "register_generator", "download_model", "pin_model_uri", "CHAMPION", "ARTIFACT_PATH"]
+__all__ = ["Registration", "register_generator", "model_version", "download_version", "CHAMPION", "ARTIFACT_PATH"]
 
 CHAMPION = "champion"
 ARTIFACT_PATH = "generator"
@@ -91,44 +93,25 @@ def register_generator(
     return Registration(name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", champion=better, previous_champion=previous)
 
 
-def _resolve_version(client, uri: str):
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> the ModelVersion."""
-    ref = uri[len("models:/") :]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
+def model_version(tracking_uri: str, name: str, *, alias: str | None = None, version: str | None = None):
+    """The ModelVersion an alias points at now, or version ``version`` (an explicit client: no
+    process-wide MLflow state changes). Raises MlflowException when there is none."""
+    client = _client(tracking_uri)
+    if alias is not None:
         return client.get_model_version_by_alias(name, alias)
-    if "/" in ref:
-        name, version = ref.rsplit("/", 1)
-        return client.get_model_version(name, version)
-    raise ValueError(f"{uri} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+    return client.get_model_version(name, version)
 
 
-def pin_model_uri(uri: str, *, tracking_uri: str) -> str:
-    """``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION`` (the version the alias points at now), so that
-    a run records exactly which version it started from; ``models:/NAME/VERSION`` is returned as is."""
-    version = _resolve_version(_client(tracking_uri), uri)
-    return f"models:/{version.name}/{version.version}"
-
-
-def download_model(uri: str, *, tracking_uri: str | None) -> Path:
-    """Download ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` into a fresh local directory.
-
-    The version is resolved with an explicit client (no process-wide MLflow state is changed), then
-    its source folder is downloaded; with a tracking server that stores artifacts behind its proxy,
-    both go through the server. ``tracking_uri=None``: MLFLOW_TRACKING_URI, else the SQLite default.
-    """
+def download_version(tracking_uri: str, name: str, version: str) -> Path:
+    """Download version ``version`` of ``name`` into a fresh local directory; with a tracking server
+    that stores artifacts behind its proxy, the download goes through the server."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from srgan.cli import UserError
-    from srgan.tracking import resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    client = _client(tracking_uri)
     dest = Path(tempfile.mkdtemp(prefix="srgan-model-"))
     try:
-        version = _resolve_version(client, uri)
-        path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=tracking_uri)
-    except (MlflowException, ValueError) as exc:
-        raise UserError(f"cannot resolve {uri} in the MLflow registry at {tracking_uri}: {' '.join(str(exc).split())[:300]}") from None
+        source = model_version(tracking_uri, name, version=version).source
+        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking_uri)
+    except MlflowException as exc:
+        raise ModelReferenceError(f"cannot download models:/{name}/{version} from {tracking_uri}: {' '.join(str(exc).split())[:300]}") from None
     return Path(path)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import VGG19_Weights
 
-from srgan.ranges import signed_to_unit
+from srgan.core.ranges import signed_to_unit
+from srgan.errors import VGGWeightsNotFoundError
 
 __all__ = [
     "LossConfig",
@@ -70,10 +71,6 @@ class LossConfig:
         for name in ("pixel_weight", "content_weight", "adversarial_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-
-class VGGWeightsNotFoundError(FileNotFoundError):
-    """Raised when no VGG19 ImageNet weights can be found; the message says how to supply them."""
 
 
 def vgg19_cache_path() -> Path:
@@ -131,9 +128,10 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     """Load VGG19 ImageNet weights as a torchvision ``vgg19()`` state dict.
 
     Args:
-        source: ``None`` -> torchvision's standard cache (``TORCH_HOME``); a file path or URI
-            (``file://``, ``s3://``, ``https://``) of a state dict (``.pth`` or ``.safetensors``);
-            or ``"random"`` -> returns ``None`` (random initialisation, for tests), with a warning.
+        source: ``None`` -> torchvision's standard cache (``TORCH_HOME``); a local file path (or
+            ``file://``) of a state dict (``.pth`` or ``.safetensors``; remote URIs are fetched first
+            by :func:`srgan.io.storage.fetch_weights_file`); or ``"random"`` -> returns ``None``
+            (random initialisation, for tests), with a warning.
 
     Raises:
         VGGWeightsNotFoundError: nothing found; the message names both ways to supply the weights.
@@ -144,13 +142,11 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     if source is None:
         return _read_state_dict(Path(located))
 
-    from srgan.storage import fetch_to_local
-
-    try:
-        path = fetch_to_local(source)
-    except FileNotFoundError as exc:
-        raise VGGWeightsNotFoundError(f"VGG19 weights not found at {source}: {exc}") from exc
-    if not Path(path).is_file():
+    text = str(source)
+    if "://" in text and not text.startswith("file://"):
+        raise VGGWeightsNotFoundError(f"{text} is remote: fetch it first (srgan.io.storage.fetch_weights_file)")
+    path = Path(text.removeprefix("file://")).expanduser()
+    if not path.is_file():
         raise VGGWeightsNotFoundError(f"VGG19 weights not found at {source}: not a file")
     return _read_state_dict(Path(path))
 

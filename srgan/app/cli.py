@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: one-line errors and a non-zero exit for a user's mistake, logging set-up."""
+"""Shared CLI plumbing for pipelines/*.py: one-line errors and a non-zero exit for a user's mistake,
+logging set-up, the flags several CLIs share. Nothing in the package imports this module."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-__all__ = ["UserError", "run_cli", "setup_logging"]
+from srgan.errors import UserError
 
-
-class UserError(Exception):
-    """A mistake the user can fix (bad flag, missing path, bad layout). The message says how."""
+__all__ = ["run_cli", "setup_logging", "add_model_arguments", "add_limit_arguments", "limits_from_args"]
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -24,14 +23,6 @@ def setup_logging(verbose: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from srgan.checkpoint import CheckpointError
-    from srgan.imageio import ImageError
-    from srgan.losses import VGGWeightsNotFoundError
-
-    return (UserError, CheckpointError, ImageError, VGGWeightsNotFoundError)
-
-
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit: its return code, 2 with ``error: <one line>`` for a user's mistake, 130 on Ctrl-C."""
     try:
@@ -41,7 +32,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except _user_errors() as exc:
+    except UserError as exc:  # every error a user can fix (srgan.errors), and only those
         message = " ".join(str(exc).split())  # always one line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -61,7 +52,7 @@ def add_limit_arguments(parser, *, what: str) -> None:
 
 
 def limits_from_args(args):
-    """The :class:`srgan.imageio.ImageLimits` that ``--max-mb``/``--max-megapixels`` ask for."""
-    from srgan.imageio import ImageLimits
+    """The :class:`srgan.core.images.ImageLimits` that ``--max-mb``/``--max-megapixels`` ask for."""
+    from srgan.core.images import ImageLimits
 
     return ImageLimits(max_bytes=int(args.max_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1_000_000))

@@ -8,7 +8,7 @@ A dataset directory follows ../shared/datasets (the EDSR "benchmark" layout)::
 Protocol: images are compared as 8-bit values; SR (4x the LR size) is compared with the top-left crop
 of HR to SR's size; ``scale`` pixels are cropped from every border; greyscale is converted to RGB; the
 dataset score is the mean of the per-image scores. With ``degrade=True`` the LR images are made from
-HR by :func:`srgan.degrade.degrade` (uint8 MATLAB semantics) instead of read from disk.
+HR by :func:`srgan.core.degrade.degrade` (uint8 MATLAB semantics) instead of read from disk.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from srgan.cli import UserError
-from srgan.degrade import bicubic_upscale, degrade
-from srgan.imageio import read_image_file
-from srgan.metrics import psnr, ssim
+from srgan.errors import UserError
+from srgan.core.degrade import bicubic_upscale, degrade
+from srgan.core.images import read_image_file
+from srgan.core.metrics import psnr, ssim
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -35,6 +35,8 @@ __all__ = [
     "bicubic_model",
     "read_uint8",
     "upscaler_model",
+    "format_table",
+    "UpscaleFn",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -161,61 +163,13 @@ def bicubic_model(scale: int) -> UpscaleFn:
 
 
 def upscaler_model(upscaler) -> UpscaleFn:
-    """Wrap an :class:`srgan.inference.Upscaler`: uint8 in, uint8 out (rounded as a saved PNG would be)."""
+    """Wrap an :class:`srgan.core.inference.Upscaler`: uint8 in, uint8 out (rounded as a saved PNG would be)."""
 
     def run(lq: Tensor) -> Tensor:
         sr = upscaler.upscale_tensor(lq.float() / 255.0)
         return (sr * 255.0).round().to(torch.uint8)
 
     return run
-
-
-# ------------------------------------------------------------------------------------------- runs
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """What ``pipelines/evaluate.py`` runs."""
-
-    model: str  # "bicubic" or a checkpoint directory / URI
-    data: tuple[str, ...]
-    scale: int = 4
-    use_degrade: bool = False
-    device: str = "auto"
-    tile_size: int = 256
-    tracking_uri: str | None = None  # for models:/ URIs; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db
-
-    def __post_init__(self) -> None:
-        if self.scale < 1:
-            raise UserError(f"--scale must be a positive integer, got {self.scale}")
-        if not self.data:
-            raise UserError("--data needs at least one dataset directory")
-        if self.tile_size < 32:
-            raise UserError(f"--tile-size must be >= 32, got {self.tile_size}")
-
-
-def build_model(config: EvalConfig) -> UpscaleFn:
-    """``bicubic`` or an Upscaler over a checkpoint, checked against ``config.scale``."""
-    if config.model == "bicubic":
-        return bicubic_model(config.scale)
-    from srgan.inference import Upscaler, UpscalerOptions
-
-    upscaler = Upscaler.from_checkpoint(config.model, options=UpscalerOptions(device=config.device, tile_size=config.tile_size), tracking_uri=config.tracking_uri)
-    if upscaler.scale != config.scale:
-        raise UserError(f"model {config.model} is x{upscaler.scale} but --scale is {config.scale}")
-    return upscaler_model(upscaler)
-
-
-def run_evaluation(config: EvalConfig, *, on_image: Callable[[str, ImageScore], None] | None = None) -> list[DatasetScore]:
-    """Evaluate ``config.model`` on every dataset; layouts are checked before any model is loaded."""
-    for directory in config.data:
-        find_pairs(directory, scale=config.scale, use_degrade=config.use_degrade)
-    model = build_model(config)
-    scores = []
-    for directory in config.data:
-        callback = None if on_image is None else (lambda s, d=Path(directory).name: on_image(d, s))
-        scores.append(evaluate_dataset(model, directory, scale=config.scale, use_degrade=config.use_degrade, model_name=config.model, on_image=callback))
-    return scores
 
 
 def format_table(scores: list[DatasetScore], *, per_image: bool = False) -> str:

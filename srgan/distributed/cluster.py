@@ -1,0 +1,92 @@
+"""The one place the project connects to Ray, and what Ray prints on its console.
+
+Training, Serve and bulk jobs call :func:`init_ray`: it joins the cluster at RAY_ADDRESS (``ray job
+submit``, ``ray start``) or starts a local one on the loopback interface, with the dashboard bound to
+127.0.0.1. Every worker process of the job runs a ``worker_process_setup_hook`` that keeps Ray's
+per-epoch and per-report lines off the console, so the project's own lines stay readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["init_ray", "quiet_framework_logs", "quiet_local_framework_logs"]
+
+
+def init_ray() -> None:
+    """Join the cluster at RAY_ADDRESS (ray job submit, ray start), else start a local one on the
+    loopback interface. The one place the project connects to Ray: training, Serve and bulk jobs."""
+    import ray  # RAY
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    hook = quiet_framework_logs if address else quiet_local_framework_logs
+    hook()
+    # RAY: every worker process of this job runs the same hook (merged with a submitted job's runtime_env).
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.{hook.__name__}"}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)  # RAY: an existing cluster (ray job submit / ray start)
+    else:
+        # RAY: a local cluster for the embedded demo, on the loopback interface only. The dashboard
+        # is on (bound to 127.0.0.1): it serves the State API that Ray Train's placement-group
+        # cleaner polls (without it, a warning every second), and it is Ray's own UI for the run.
+        context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+                           configure_logging=False, runtime_env=runtime_env)
+        if context.dashboard_url:
+            print(f"[srgan] Ray dashboard: http://{context.dashboard_url}", flush=True)
+    from ray.data import DataContext  # RAY
+
+    # No progress bars from Ray Data: the training loop and the bulk job print their own progress.
+    DataContext.get_current().enable_progress_bars = False
+
+
+# Framework lines that repeat every epoch or every report and say nothing a user acts on. Ray Train's
+# own INFO lines still go to its log files (RunConfig's LoggingConfig filters the console only); these
+# loggers are lowered outright, so their INFO lines are gone from Ray Data's log file too.
+_QUIET_LOGGERS = {
+    "ray.data._internal.execution.streaming_executor": logging.WARNING,  # plan + finish, every epoch
+    "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled" (we disable them)
+}
+
+
+def quiet_framework_logs() -> None:
+    """Ray's ``worker_process_setup_hook`` (and the driver's own set-up): lower the per-epoch and
+    per-report framework loggers to warnings. Cheap: it imports nothing beyond Ray itself."""
+    import warnings
+
+    import ray  # RAY
+
+    for name, level in _QUIET_LOGGERS.items():
+        _raise_level(name, level)
+    # Ray Train's worker context logs "Reporting training result N: ..." at every checkpoint, through a
+    # logger named by its file path (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
+    _raise_level(os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py"), logging.WARNING)
+    # Raised by Ray Data's own internals (not by this project's calls) once per dataset manager.
+    warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources.* is deprecated")
+
+
+def quiet_local_framework_logs() -> None:
+    """:func:`quiet_framework_logs`, plus one warning that only matters where an autoscaler runs: on a
+    busy local machine Ray Train's first resource request to its autoscaling coordinator (an actor it
+    creates on demand) can take over 5 s, and it logs a traceback that it calls safe to ignore."""
+    quiet_framework_logs()
+    _raise_level("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client", logging.ERROR)
+
+
+class _MinLevel(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def _raise_level(logger_name: str, level: int) -> None:
+    """A filter on the logger, not ``setLevel``: Ray Train re-runs ``logging.config.dictConfig`` in its
+    processes, which resets the level (not the filters) of every logger below "ray.train"."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _MinLevel) for f in logger.filters):
+        logger.addFilter(_MinLevel(level))

@@ -1,0 +1,58 @@
+"""Every error a user can fix, in one leaf module (it imports nothing from the project).
+
+A CLI turns any :class:`UserError` into one line, ``error: <message>``, and exit status 2
+(:func:`srgan.app.cli.run_cli`); Serve turns the image errors into 4xx answers. Each subclass is
+raised by the layer that finds the problem; none of them needs that layer to be caught.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "CheckpointError",
+    "ModelReferenceError",
+    "VGGWeightsNotFoundError",
+    "ImageError",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "UnsupportedImageError",
+]
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing path, bad layout). The message says how."""
+
+
+class ConfigError(UserError):
+    """A bad configuration value or key (one line, says what to fix)."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A path or URI that holds no loadable generator checkpoint, or one that does not match."""
+
+
+class ModelReferenceError(CheckpointError):
+    """A ``models:/`` reference that the MLflow registry cannot resolve."""
+
+
+class VGGWeightsNotFoundError(UserError, FileNotFoundError):
+    """VGG19 ImageNet weights are needed and cannot be found; the message names both ways to supply them."""
+
+
+class ImageError(UserError, ValueError):
+    """A client's bad image. ``kind`` is a short machine-readable category."""
+
+    kind = "invalid"
+
+
+class ImageDecodeError(ImageError):
+    kind = "corrupt"
+
+
+class ImageTooLargeError(ImageError):
+    kind = "too_large"
+
+
+class UnsupportedImageError(ImageError):
+    kind = "unsupported"

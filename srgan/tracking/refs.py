@@ -1,0 +1,162 @@
+"""Model references -> pinned sources -> local checkpoint directories: the one resolver.
+
+A reference is what a user types after ``--model`` or ``--init-from``:
+
+- ``models:/NAME@ALIAS``: a registry alias; pinned to the version it points at *now*;
+- ``models:/NAME/VERSION``: one registry version;
+- a checkpoint directory, ``file://`` or ``s3://`` URI (``generator.safetensors`` + ``checkpoint.json``).
+
+:func:`resolve_model` pins a reference without loading weights (a :class:`ModelSource`);
+:func:`fetch_model` makes a pinned source a local directory; the core's
+:func:`srgan.core.checkpoint.load_generator` reads local directories only. Every caller that must
+agree on the weights (the driver's check and each Train worker, each Serve replica, each bulk actor)
+resolves once and passes the pinned ``ModelSource.uri`` on, so an alias that moves meanwhile changes
+nothing for them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from srgan.core.checkpoint import META_FILE, GeneratorCheckpoint, load_generator
+from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.core.models import SRResNet
+from srgan.errors import CheckpointError, ModelReferenceError
+from srgan.tracking.runs import resolve_tracking_uri
+
+__all__ = ["ModelSource", "MODELS_PREFIX", "DEFAULT_MODEL", "is_registry_ref", "parse_registry_ref", "resolve_model",
+           "fetch_model", "load_generator_ref", "load_upscaler"]
+
+MODELS_PREFIX = "models:/"
+DEFAULT_MODEL = "models:/srgan-generator@champion"  # the alias the training pipeline moves
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A generator reference, pinned.
+
+    ``requested`` is what the user named; ``uri`` is what is loaded: for an alias, ``models:/NAME/N``
+    of the version it pointed at when it was resolved; for a local checkpoint, its absolute path
+    (replicas and actors run in other directories). ``version`` is the registry version, or None for
+    a checkpoint (whose weights' digest then names it, see :attr:`Upscaler.version`).
+    """
+
+    requested: str
+    uri: str
+    name: str
+    version: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def is_alias(self) -> bool:
+        """True for ``models:/NAME@ALIAS``: the reference can move to another version later."""
+        return is_registry_ref(self.requested) and "@" in self.requested
+
+
+def is_registry_ref(ref: str | os.PathLike) -> bool:
+    return str(ref).startswith(MODELS_PREFIX)
+
+
+def parse_registry_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/N`` -> (NAME, None, N)."""
+    body = ref[len(MODELS_PREFIX) :]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if name and alias:
+            return name, alias, None
+    elif "/" in body:
+        name, version = body.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise ModelReferenceError(f"{ref} must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def _registry_source(ref: str, tracking_uri: str | None) -> ModelSource:
+    from mlflow.exceptions import MlflowException
+
+    from srgan.tracking.registry import model_version
+
+    store = resolve_tracking_uri(tracking_uri)  # None: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    hint = "train and register one with pipelines/train.py, point --tracking-uri at the right store, or pass a checkpoint directory"
+    name, alias, version = parse_registry_ref(ref)
+    # MLflow would create an empty database at a missing SQLite path: say so instead.
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") :]).is_file():
+        raise ModelReferenceError(f"cannot load {ref}: there is no MLflow store at {store}; {hint}")
+    try:
+        found = model_version(store, name, alias=alias, version=version)
+    except MlflowException as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelReferenceError(f"{ref} is not registered in {store} ({reason}); {hint}") from None
+    return ModelSource(requested=ref, uri=f"{MODELS_PREFIX}{name}/{found.version}", name=name, version=str(found.version), tracking_uri=store)
+
+
+def _checkpoint_source(ref: str, s3_endpoint: str | None) -> ModelSource:
+    import pyarrow.fs as pafs
+
+    from srgan.io.storage import resolve
+
+    try:
+        fs, path = resolve(ref, s3_endpoint=s3_endpoint)
+        exists = fs.get_file_info(path).type != pafs.FileType.NotFound
+        found = fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"cannot read the checkpoint {ref}: {exc}") from None
+    if not exists:
+        raise CheckpointError(f"checkpoint {ref} does not exist: pass a checkpoint directory or models:/NAME@ALIAS")
+    if not found:
+        raise CheckpointError(f"{ref} is not a generator checkpoint (no {META_FILE} there): pass a checkpoint directory or models:/NAME@ALIAS")
+    pinned = path if isinstance(fs, pafs.LocalFileSystem) else ref
+    return ModelSource(requested=ref, uri=pinned, name=Path(path).name)
+
+
+def resolve_model(ref: str | os.PathLike | ModelSource, *, tracking_uri: str | None = None, s3_endpoint: str | None = None) -> ModelSource:
+    """Check that ``ref`` names a loadable generator and pin it, without loading the weights.
+
+    An alias is resolved in ``tracking_uri`` (else MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db``).
+    Anything missing raises :class:`~srgan.errors.CheckpointError` with a one-line message that says
+    what to do. A :class:`ModelSource` is returned as it is (already pinned).
+    """
+    if isinstance(ref, ModelSource):
+        return ref
+    ref = str(ref)
+    if is_registry_ref(ref):
+        return _registry_source(ref, tracking_uri)
+    return _checkpoint_source(ref, s3_endpoint)
+
+
+def fetch_model(source: ModelSource, *, s3_endpoint: str | None = None) -> Path:
+    """The pinned source as a local checkpoint directory (downloaded into a fresh temporary directory
+    that the caller owns, unless it is local already)."""
+    if is_registry_ref(source.uri):
+        from srgan.tracking.registry import download_version
+
+        name, _, version = parse_registry_ref(source.uri)
+        return download_version(source.tracking_uri or resolve_tracking_uri(None), name, version)
+    from srgan.io.storage import fetch_to_local
+
+    try:
+        return fetch_to_local(source.uri, s3_endpoint=s3_endpoint)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {source.uri} does not exist") from None
+
+
+def load_generator_ref(ref: str | os.PathLike | ModelSource, *, map_location: str | torch.device = "cpu", tracking_uri: str | None = None,
+                       s3_endpoint: str | None = None) -> tuple[SRResNet, GeneratorCheckpoint]:
+    """Resolve, fetch and load a generator from any reference (in eval mode)."""
+    source = resolve_model(ref, tracking_uri=tracking_uri, s3_endpoint=s3_endpoint)
+    net_g, info = load_generator(fetch_model(source, s3_endpoint=s3_endpoint), map_location=map_location)
+    return net_g, GeneratorCheckpoint(generator=info.generator, config=info.config, metadata=info.metadata, path=source.uri)
+
+
+def load_upscaler(ref: str | os.PathLike | ModelSource, *, options: UpscalerOptions = UpscalerOptions(), tracking_uri: str | None = None) -> Upscaler:
+    """An :class:`Upscaler` over any reference; ``upscaler.source`` is the pinned :class:`ModelSource`
+    (its registry version names the model in Serve's headers and the bulk job's logs)."""
+    source = resolve_model(ref, tracking_uri=tracking_uri)
+    net_g, info = load_generator(fetch_model(source), map_location="cpu")
+    upscaler = Upscaler(net_g, options=options, model_info=info)
+    upscaler.source = source
+    return upscaler

@@ -1,0 +1,67 @@
+"""The package's layers hold: import-linter's contracts (pyproject.toml) pass on the tree, and they
+break on a tree that violates them, so the guard can fail. The core's third-party imports are also
+checked against an allow-list: what a bare GPU machine has."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CORE_ALLOWED = {"torch", "torchvision", "numpy", "PIL", "safetensors", "yaml"}
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lint-imports")
+    # The tree under test comes first on the path, so a copied package shadows the installed one.
+    return subprocess.run([str(exe), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(cwd), "PATH": str(exe.parent)})
+
+
+def test_import_contracts_are_kept(repo_root):
+    proc = _lint_imports(repo_root)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+@pytest.mark.parametrize("module, line, contract", [
+    ("core/ranges.py", "import ray", "The core is plain PyTorch"),
+    ("io/storage.py", "from srgan.distributed import cluster", "Layers"),
+    ("tracking/runs.py", "import srgan.app.cli", "Nothing in the package imports the CLI plumbing"),
+    ("core/models.py", "import srgan.core.checkpoint", "No import cycles"),  # checkpoint imports models
+])
+def test_a_violation_breaks_its_contract(repo_root, tmp_path, module, line, contract):
+    shutil.copytree(repo_root / "srgan", tmp_path / "srgan", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo_root / "pyproject.toml", tmp_path / "pyproject.toml")
+    target = tmp_path / "srgan" / module
+    target.write_text(target.read_text() + f"\n{line}  # injected by the test\n")
+    proc = _lint_imports(tmp_path)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    broken = [ln for ln in proc.stdout.splitlines() if ln.rstrip().endswith("BROKEN")]
+    assert any(contract in ln for ln in broken) or contract in proc.stdout.split("Broken contracts")[-1], proc.stdout[-3000:]
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_only_what_a_bare_gpu_machine_has(repo_root):
+    """Every import in srgan/core (function-local ones included) is the standard library, the project
+    itself (srgan.core, srgan.errors), or one of the allowed packages."""
+    stdlib = set(sys.stdlib_module_names)
+    for path in sorted((repo_root / "srgan" / "core").glob("*.py")):
+        extra = _top_level_imports(path) - stdlib - CORE_ALLOWED - {"srgan", "__future__"}
+        assert not extra, f"{path.name} imports {sorted(extra)}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srgan."):
+                assert node.module.startswith(("srgan.core", "srgan.errors")), f"{path.name} imports {node.module}"
