@@ -93,7 +93,7 @@ def test_modes_are_kept(mode):
 def test_16bit_png_is_kept():
     rng = np.random.default_rng(0)
     arr16 = (rng.integers(0, 65535, size=(24, 20, 3))).astype(np.uint16)
-    from srgan.core.images import _png16_bytes
+    from srgan.core.png import png16_bytes as _png16_bytes
 
     decoded = decode_image(_png16_bytes(arr16))
     assert decoded.bit_depth == 16

@@ -10,8 +10,6 @@ result back in the input's own form: its mode (RGB, L, RGBA, LA), bit depth (8 o
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from srgan.core.png import PNG_SIGNATURE, check_png_stream, png16_bytes, png16_to_planes
 from srgan.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
 
 __all__ = [
@@ -39,9 +38,8 @@ __all__ = [
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _EXIF_ORIENTATION = 0x0112
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Leading bytes of the supported formats (BMP's "BM" is too short to trust on its own).
-_SIGNATURES = (_PNG_SIGNATURE, b"\xff\xd8\xff", b"RIFF")
+_SIGNATURES = (PNG_SIGNATURE, b"\xff\xd8\xff", b"RIFF")
 
 
 @dataclass(frozen=True)
@@ -75,74 +73,6 @@ class DecodedImage:
 
 
 # --------------------------------------------------------------------------------------- decoding
-
-
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-
-
-def _png_row_layout(width: int, height: int, bit_depth: int, colour_type: int, interlace: int) -> list[tuple[int, int]]:
-    """(rows, bytes per row without the filter byte) of every pass of the image data."""
-    bits = _PNG_CHANNELS[colour_type] * bit_depth
-    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
-    layout = []
-    for x0, y0, dx, dy in passes:
-        w, h = -(-(width - x0) // dx), -(-(height - y0) // dy)
-        if w > 0 and h > 0:
-            layout.append((h, -(-(w * bits) // 8)))
-    return layout
-
-
-def check_png_stream(data: bytes) -> int:
-    """Validate a PNG's structure before a native decoder sees it; returns its bit depth.
-
-    Checks every chunk's CRC, that the image data inflates to exactly the size the header implies,
-    and that every row's filter type is 0..4. PIL skips the data CRCs (a flipped byte decodes to
-    garbage) and libpng, as torchvision calls it, crashes the process on some malformed streams.
-    """
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE):
-        raise ImageDecodeError("truncated PNG header")
-    pos, idat, header = 8, [], None
-    while True:
-        if pos + 12 > len(data):
-            raise ImageDecodeError("truncated PNG: the data ends before the IEND chunk")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        tag = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if end > len(data):
-            raise ImageDecodeError(f"truncated PNG: chunk {tag!r} runs past the end of the data")
-        payload = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(tag + payload) & 0xFFFFFFFF != crc:
-            raise ImageDecodeError(f"corrupt PNG: CRC mismatch in chunk {tag.decode('latin-1')!r}")
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", payload[:13])
-        elif tag == b"IDAT":
-            idat.append(payload)
-        elif tag == b"IEND":
-            break
-        pos = end
-    if header is None or not idat:
-        raise ImageDecodeError("corrupt PNG: missing IHDR or IDAT")
-    width, height, bit_depth, colour_type, _, _, interlace = header
-    if colour_type not in _PNG_CHANNELS:
-        raise ImageDecodeError(f"corrupt PNG: unknown colour type {colour_type}")
-    layout = _png_row_layout(width, height, bit_depth, colour_type, interlace)
-    expected = sum(rows * (1 + row_bytes) for rows, row_bytes in layout)
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(b"".join(idat), expected + 1)  # never inflate more than the header allows
-    except zlib.error as exc:
-        raise ImageDecodeError(f"corrupt PNG image data: {exc}") from None
-    if len(raw) != expected:
-        raise ImageDecodeError(f"corrupt PNG: image data inflates to {len(raw)} bytes, expected {expected}")
-    offset = 0
-    for rows, row_bytes in layout:
-        filters = np.frombuffer(raw, np.uint8, count=rows * (1 + row_bytes), offset=offset)[:: 1 + row_bytes]
-        if filters.max(initial=0) > 4:
-            raise ImageDecodeError(f"corrupt PNG: bad row filter type {int(filters.max())}")
-        offset += rows * (1 + row_bytes)
-    return bit_depth
 
 
 def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
@@ -185,21 +115,6 @@ def _pil_to_planes(img: Image.Image) -> tuple[Tensor, str]:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0, mode
 
 
-def _png16_to_planes(data: bytes) -> tuple[Tensor, str]:
-    """16-bit PNG -> ((C, H, W) float32 in [0, 1], mode). PIL would truncate 16-bit RGB to 8 bits."""
-    import warnings
-
-    from torchvision.io import ImageReadMode, decode_png
-
-    # torchvision 0.29 marks its image codecs deprecated (in favour of TorchCodec); the pinned version
-    # still ships them, and it is the one decoder on our dependency list that keeps 16-bit colour.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        planes = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes.shape[0]]
-    return planes.to(torch.float32) / 65535.0, mode
-
-
 def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> DecodedImage:
     """Decode PNG/JPEG/WebP/BMP bytes with limits, EXIF orientation applied.
 
@@ -237,7 +152,7 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
     try:
         png_depth = check_png_stream(data) if img.format == "PNG" else 0
         if png_depth == 16:
-            planes, mode = _png16_to_planes(data)
+            planes, mode = png16_to_planes(data)
             bit_depth = 16
         else:
             img.load()
@@ -280,20 +195,6 @@ def _output_planes(img: DecodedImage, *, keep_alpha: bool) -> tuple[Tensor, str]
     return colour.clamp(0, 1), ("L" if grey else "RGB")
 
 
-def _png16_bytes(arr: np.ndarray) -> bytes:
-    """Write a 16-bit PNG from a (H, W, C) uint16 array (PIL cannot write 16-bit colour)."""
-    height, width, channels = arr.shape
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    rows = arr.astype(">u2").reshape(height, width * channels).view(np.uint8)
-    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()  # filter 0 per row
-
-    def chunk(tag: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-
-
 def encode_image(img: DecodedImage, fmt: str = "png", *, quality: int = 95) -> bytes:
     """Encode to ``png``, ``jpeg`` or ``webp`` in the image's own mode.
 
@@ -310,7 +211,7 @@ def encode_image(img: DecodedImage, fmt: str = "png", *, quality: int = 95) -> b
     planes, mode = _output_planes(img, keep_alpha=fmt != "jpeg")
     hwc = planes.permute(1, 2, 0).numpy()
     if fmt == "png" and img.bit_depth == 16:
-        return _png16_bytes(np.rint(hwc * 65535.0).astype(np.uint16))
+        return png16_bytes(np.rint(hwc * 65535.0).astype(np.uint16))
     arr = np.rint(hwc * 255.0).astype(np.uint8)
     pil = Image.fromarray(arr[:, :, 0] if mode == "L" else arr)  # mode follows the channel count
     buf = io.BytesIO()

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from conftest import load_photo
+from srgan.core.png import png16_bytes as _png16_bytes
 from srgan.core.images import (
     SUPPORTED_FORMATS,
     DecodedImage,
@@ -29,7 +30,6 @@ from srgan.core.images import (
     ImageLimits,
     ImageTooLargeError,
     UnsupportedImageError,
-    _png16_bytes,
     decode_image,
     encode_image,
     read_image_file,
