@@ -58,6 +58,11 @@ def quiet_framework_logs() -> None:
 
     import ray  # RAY
 
+    # Ray Train's placement-group cleaner asks the State API for "the" cluster; with two clusters on
+    # one machine (a local demo beside another) it finds both and its thread dies with a traceback.
+    # In a worker, name this job's own cluster.
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     for name, level in _QUIET_LOGGERS.items():
         _raise_level(name, level)
     # Ray Train's worker context logs "Reporting training result N: ..." at every checkpoint, through a
