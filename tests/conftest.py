@@ -133,6 +133,11 @@ def s3_bucket(s3_server):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Everything that needs the session's Ray cluster is `slow` (`pytest -m "not slow"` is the everyday
+    # loop); tests that start Ray or servers of their own carry the mark explicitly.
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (GPU-only test)")
@@ -156,7 +161,10 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, dashboard: bool = False
         args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard-port']}"]
     else:
         args += ["--include-dashboard=false"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    # A job's entrypoint runs `python` from the node's PATH, as on a node built from the image.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)  # the head's job agent must find this cluster, not another one
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
     if proc.returncode != 0:
         stop_ray_head(temp_dir)
         pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
@@ -174,6 +182,15 @@ def stop_ray_head(temp_dir: Path) -> None:
     subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], capture_output=True)
 
 
+RAY_SESSION: dict = {}  # the session cluster's address, dashboard URL and temp dir
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard(ray_cluster) -> str:
+    """The session cluster's dashboard URL (127.0.0.1): the job API for ``ray job submit``."""
+    return RAY_SESSION["dashboard"]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """One real local Ray cluster for the whole test session (``ray start --head``), shared by in-process
@@ -185,7 +202,9 @@ def ray_cluster(s3_server):
 
     temp_dir = Path("/tmp") / f"ray-{os.getpid()}"  # Ray's socket paths must stay short
     # Token auth stays on (Ray 2.60's default for local clusters); clients must say so explicitly.
-    head = start_ray_head(temp_dir, dashboard=True)  # the State API (Ray Train polls it) and Ray's UI
+    # The dashboard serves the State API (Ray Train polls it) and the job API (`ray job submit`).
+    head = start_ray_head(temp_dir, dashboard=True)
+    RAY_SESSION.update(head, temp_dir=temp_dir)
     env = {"RAY_ADDRESS": head["address"]}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -198,3 +217,49 @@ def ray_cluster(s3_server):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture()
+def cli(capsys, monkeypatch):
+    """Run ``pipelines/<name>.py``'s ``main`` in this process, as its ``__main__`` block does (through
+    ``run_cli``), and return its exit status and output: flag and config errors are checked without a
+    subprocess that imports torch, Ray and MLflow again. A tripwire on ``ray.init`` makes "fails before
+    Ray starts" an assertion. (tests/test_project.py keeps one real subprocess for the exit-code contract.)"""
+    import importlib.util
+
+    import ray
+
+    from srgan.app.cli import run_cli
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("Ray was started: the error was not caught before Ray starts")
+
+    def run(name: str, *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> CliResult:
+        path = REPO_ROOT / "pipelines" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"pipeline_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with monkeypatch.context() as m:
+            m.setattr(ray, "init", tripwire)
+            m.setattr(sys, "argv", [str(path), *argv])
+            if cwd is not None:
+                m.chdir(cwd)
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            for key in unset:
+                m.delenv(key, raising=False)
+            capsys.readouterr()
+            try:
+                run_cli(module.main)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

@@ -169,13 +169,13 @@ def test_bulk_parquet_shards_to_local_folder(repo_root, ray_cluster, tmp_path, c
         assert Image.open(out / (os.path.splitext(key)[0] + ".webp")).size == (4 * width, 4 * height)
 
 
-def test_output_at_or_inside_input_is_refused(repo_root, tmp_path, checkpoint):
+def test_output_at_or_inside_input_is_refused(cli, tmp_path, checkpoint):
     src = tmp_path / "src"
     src.mkdir()
     (src / "one.png").write_bytes(_good_bytes("coffee.png", (16, 16), "PNG"))
     with pytest.raises(UserError, match="is the input prefix or inside it"):  # before any Ray or model work
         run_bulk_upscale(BulkUpscaleConfig(input=str(src), output=f"file://{src}/", model=str(checkpoint)))
-    proc = _upscale(repo_root, "--input", str(src), "--output", str(src / "sub" / "out"), "--model", str(checkpoint))
+    proc = cli("upscale", "--input", str(src), "--output", str(src / "sub" / "out"), "--model", str(checkpoint))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "is the input prefix or inside it" in lines[0], proc.stderr

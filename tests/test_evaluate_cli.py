@@ -71,18 +71,18 @@ def _one_line_error(proc) -> str:
     return lines[0]
 
 
-def test_bad_inputs_get_one_line_errors(repo_root, datasets_dir, tmp_path):
-    assert "does not exist" in _one_line_error(run_evaluate(repo_root, "--model", "bicubic", "--data", str(tmp_path / "nope")))
-    assert "no HR/ folder" in _one_line_error(run_evaluate(repo_root, "--model", "bicubic", "--data", str(tmp_path)))
+def test_bad_inputs_get_one_line_errors(cli, datasets_dir, tmp_path):
+    assert "does not exist" in _one_line_error(cli("evaluate", "--model", "bicubic", "--data", str(tmp_path / "nope")))
+    assert "no HR/ folder" in _one_line_error(cli("evaluate", "--model", "bicubic", "--data", str(tmp_path)))
     # HR only: the error suggests --degrade, and --degrade then works.
     shutil.copytree(datasets_dir / "Set5" / "HR", tmp_path / "hr-only" / "HR")
-    msg = _one_line_error(run_evaluate(repo_root, "--model", "bicubic", "--data", str(tmp_path / "hr-only")))
+    msg = _one_line_error(cli("evaluate", "--model", "bicubic", "--data", str(tmp_path / "hr-only")))
     assert "--degrade" in msg
-    ok = run_evaluate(repo_root, "--model", "bicubic", "--data", str(tmp_path / "hr-only"), "--degrade", "--json")
+    ok = cli("evaluate", "--model", "bicubic", "--data", str(tmp_path / "hr-only"), "--degrade", "--json")
     assert ok.returncode == 0 and _json_lines(ok.stdout)["hr-only"]["psnr_y"] == pytest.approx(28.43, abs=0.02)
-    assert "not a generator checkpoint" in _one_line_error(run_evaluate(repo_root, "--model", str(tmp_path), "--data", str(datasets_dir / "Set5")))
+    assert "not a generator checkpoint" in _one_line_error(cli("evaluate", "--model", str(tmp_path), "--data", str(datasets_dir / "Set5")))
     torch.manual_seed(0)
     x2 = save_generator(tmp_path / "x2", SRResNet(scale=2, num_blocks=1, num_features=8))
-    assert "is x2 but --scale is 4" in _one_line_error(run_evaluate(repo_root, "--model", str(x2), "--data", str(datasets_dir / "Set5")))
-    usage = run_evaluate(repo_root, "--data", str(datasets_dir / "Set5"))
+    assert "is x2 but --scale is 4" in _one_line_error(cli("evaluate", "--model", str(x2), "--data", str(datasets_dir / "Set5")))
+    usage = cli("evaluate", "--data", str(datasets_dir / "Set5"))
     assert usage.returncode == 2 and "--model" in usage.stderr

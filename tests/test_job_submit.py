@@ -1,8 +1,6 @@
-"""`ray job submit --working-dir . -- python pipelines/train.py ...` against a running cluster.
-
-The test starts its own head node (``ray start --head`` on 127.0.0.1, its own temp dir, free ports,
-dashboard on the loopback for the job API, token auth on) and stops it by its processes afterwards.
-"""
+"""`ray job submit --working-dir . -- python pipelines/train.py ...` against a running cluster: the
+session's cluster (``ray start --head`` on 127.0.0.1, free ports, its dashboard on the loopback for the
+job API, token auth on)."""
 
 from __future__ import annotations
 
@@ -15,30 +13,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import start_ray_head, stop_ray_head
+from conftest import RAY_SESSION
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-@pytest.fixture()
-def job_cluster(monkeypatch):
-    # The job's entrypoint runs `python` from the cluster's PATH, as on a node built from the image.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    # Not the session cluster's address: this head node, its job agent and the job's driver must
-    # find this cluster, and `ray job submit` gets its address explicitly.
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    temp_dir = Path("/tmp") / f"rayjob-{os.getpid()}"
-    head = start_ray_head(temp_dir, dashboard=True)
-    try:
-        yield {**head, "temp_dir": temp_dir}
-    finally:
-        stop_ray_head(temp_dir)
-
-
-def test_ray_job_submit_trains_and_tracks(job_cluster, repo_root, tmp_path):
+def test_ray_job_submit_trains_and_tracks(ray_cluster, ray_dashboard, repo_root, tmp_path):
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [
-        RAY, "job", "submit", "--address", job_cluster["dashboard"], "--working-dir", ".", "--",
+        RAY, "job", "submit", "--address", ray_dashboard, "--working-dir", ".", "--",
         "python", "pipelines/train.py", "--config", "configs/demo_cpu.yaml", "--steps", "3",
         "--name", "job-demo", "--storage", str(tmp_path / "runs"), "--tracking-uri", db,
         "--set", "train.log_every=1", "--set", "train.val_every=3", "--set", "train.checkpoint_every=3",
@@ -52,7 +35,7 @@ def test_ray_job_submit_trains_and_tracks(job_cluster, repo_root, tmp_path):
     # What was uploaded (unpacked by the cluster) is the code only: .gitignore and .rayignore keep venvs,
     # MLflow stores, run storage, data, tests and .git out. The job itself then made data/demo there.
     package = re.search(r"Uploading package gcs://(_ray_pkg_[0-9a-f]+)\.zip", out).group(1)
-    [unpacked] = [p for p in job_cluster["temp_dir"].glob(f"**/{package}") if p.is_dir()]
+    [unpacked] = [p for p in RAY_SESSION["temp_dir"].glob(f"**/{package}") if p.is_dir()]
     uploaded = [p.relative_to(unpacked) for p in unpacked.rglob("*") if p.is_file() and not p.relative_to(unpacked).parts[0] == "data"]
     tops = {p.parts[0] for p in uploaded}
     assert {"srgan", "pipelines", "configs", "pyproject.toml", "README.md"} <= tops

@@ -113,14 +113,14 @@ def test_shards_train_like_the_raw_prefix(s3_server, s3_bucket, ray_cluster, rep
 
 
 @pytest.mark.parametrize("case", ["missing-input", "output-inside-input"])
-def test_user_errors_are_one_line_with_exit_2(repo_root, tmp_path, photos_dir, case):
+def test_user_errors_are_one_line_with_exit_2(cli, tmp_path, photos_dir, case):
     src = tmp_path / "src"
     write_tree(src, {"a/astronaut.png": (photos_dir / "astronaut.png").read_bytes()})
     inputs, output, words = {
         "missing-input": (tmp_path / "nope", tmp_path / "out", "does not exist"),
         "output-inside-input": (src, src / "a" / "shards", "is the input prefix or inside it"),
     }[case]
-    proc = run_prepare(repo_root, "--input", str(inputs), "--output", str(output))
+    proc = cli("prepare", "--input", str(inputs), "--output", str(output))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], proc.stderr

@@ -132,10 +132,8 @@ def http(server):
 # ------------------------------------------------------------------------------------------ CLI errors (no Ray)
 
 
-def test_default_model_without_registry_is_a_clear_error(repo_root, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, str(repo_root / "pipelines" / "serve.py")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+def test_default_model_without_registry_is_a_clear_error(cli, tmp_path):
+    proc = cli("serve", cwd=tmp_path, unset=("MLFLOW_TRACKING_URI",))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot load models:/srgan-generator@champion"), proc.stderr
@@ -146,10 +144,9 @@ def test_default_model_without_registry_is_a_clear_error(repo_root, tmp_path):
     (["--model", "/no/such/checkpoint"], "checkpoint /no/such/checkpoint does not exist"),
     (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas <= max_replicas"),
 ])
-def test_bad_serve_flags_are_one_line_errors(repo_root, tmp_path, checkpoint, args, match):
+def test_bad_serve_flags_are_one_line_errors(cli, tmp_path, checkpoint, args, match):
     argv = ["--model", str(checkpoint), *args] if args[0] != "--model" else args
-    proc = subprocess.run([sys.executable, str(repo_root / "pipelines" / "serve.py"), *argv], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = cli("serve", *argv, cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], proc.stderr

@@ -231,12 +231,12 @@ def test_a_killed_worker_is_restored_from_the_last_checkpoint(ray_cluster, repo_
         (["--vgg-weights", "/no/such/vgg19.pth"], "VGG19 weights not found at /no/such/vgg19.pth"),
     ],
 )
-def test_missing_vgg_weights_is_one_line_before_ray_starts(repo_root, local_data, tmp_path, extra, match):
+def test_missing_vgg_weights_is_one_line_before_ray_starts(cli, local_data, tmp_path, extra, match):
     train_dir, val_dir = local_data
     save_generator(tmp_path / "srresnet", build_generator(GeneratorConfig(num_blocks=1, num_features=8)))
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty-torch-home")}
-    proc = _train(repo_root, tmp_path, "--phase", "srgan", "--init-from", str(tmp_path / "srresnet"), "--data", str(train_dir),
-                  "--val-data", str(val_dir), "--set", "model.num_blocks=1", "--set", "model.num_features=8", *extra, timeout=120, env=env)
+    proc = cli("train", "--phase", "srgan", "--init-from", str(tmp_path / "srresnet"), "--data", str(train_dir),
+               "--val-data", str(val_dir), "--set", "model.num_blocks=1", "--set", "model.num_features=8", *extra,
+               cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "empty-torch-home")})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
@@ -252,11 +252,11 @@ def test_missing_vgg_weights_is_one_line_before_ray_starts(repo_root, local_data
         (["--phase", "srgan", "--init-from", "{ckpt}", "--vgg-weights", "random"], "is a different generator; set --set model.num_blocks=1"),
     ],
 )
-def test_bad_init_from_is_one_line(repo_root, local_data, tmp_path, args, match):
+def test_bad_init_from_is_one_line(cli, local_data, tmp_path, args, match):
     train_dir, val_dir = local_data
     save_generator(tmp_path / "ckpt", build_generator(GeneratorConfig(num_blocks=1, num_features=8)))
     args = [a.replace("{ckpt}", str(tmp_path / "ckpt")) for a in args]
-    proc = _train(repo_root, tmp_path, *args, "--data", str(train_dir), "--val-data", str(val_dir), timeout=120)
+    proc = cli("train", *args, "--data", str(train_dir), "--val-data", str(val_dir), cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], proc.stderr

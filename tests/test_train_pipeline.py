@@ -139,8 +139,8 @@ def test_train_from_s3_with_two_ddp_workers_then_resume(ray_cluster, repo_root, 
         (["--data", ".", "--val-data", "."], "has no HR/ folder"),
     ],
 )
-def test_bad_flags_fail_before_ray_starts(repo_root, tmp_path, args, match):
-    proc = _train(repo_root, tmp_path, *args, timeout=120)
+def test_bad_flags_fail_before_ray_starts(cli, tmp_path, args, match):
+    proc = cli("train", *args, cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], proc.stderr
