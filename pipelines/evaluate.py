@@ -1,7 +1,7 @@
 """Evaluate a model (or the bicubic baseline) on SR benchmark sets: Y-PSNR and SSIM.
 
     python pipelines/evaluate.py --model bicubic --data ../shared/datasets/Set5,../shared/datasets/Set14
-    python pipelines/evaluate.py --model runs/demo/best --data ../shared/datasets/Set5 --json
+    python pipelines/evaluate.py --model models:/srgan-generator@champion --data ../shared/datasets/Set5 --json
 """
 
 from __future__ import annotations

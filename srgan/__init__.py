@@ -2,6 +2,6 @@
 
 Layers, from the bottom (each imports only those below it; ``lint-imports`` checks the contracts in
 pyproject.toml): :mod:`srgan.errors` (a leaf) < :mod:`srgan.core` (plain PyTorch) < :mod:`srgan.io`
-(storage, data files) < :mod:`srgan.tracking` (MLflow) < :mod:`srgan.distributed` (Ray) <
-:mod:`srgan.app` (config, jobs, CLI plumbing). See docs/design.md.
+(storage, data files) < :mod:`srgan.tracking` (MLflow) < :mod:`srgan.config` (the typed run config)
+< :mod:`srgan.distributed` (Ray) < :mod:`srgan.app` (jobs, CLI plumbing). See docs/design.md.
 """

@@ -15,7 +15,11 @@ def test_readme_opens_with_the_two_commands(repo_root):
     readme = (repo_root / "README.md").read_text()
     main_cmd = _fenced_after(readme, "<!-- main-command -->")
     test_cmd = _fenced_after(readme, "<!-- test-command -->")
-    assert readme.index("<!-- main-command -->") < readme.index("<!-- test-command -->") < readme.index("## Status")
+    # The first section is "## Two commands" and holds both, in that order, before any other section.
+    sections = [m.start() for m in re.finditer(r"^## ", readme, re.M)]
+    assert sections and readme[sections[0]:].startswith("## Two commands\n"), "the README's first section must be the two commands"
+    next_section = sections[1] if len(sections) > 1 else len(readme)
+    assert sections[0] < readme.index("<!-- main-command -->") < readme.index("<!-- test-command -->") < next_section
     assert "pip install -e ." in main_cmd and "pipelines/" in main_cmd
     assert 'pip install -e ".[dev]"' in test_cmd and "pytest" in test_cmd
 

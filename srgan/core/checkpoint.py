@@ -6,7 +6,8 @@ Layout (``format_version`` 1)::
     <dir>/checkpoint.json         {"format_version", "arch", "generator": GeneratorConfig,
                                    "config": the resolved run config, "metadata": {...}}
 
-Loading needs neither Ray nor the training code; a local path, ``file://`` or ``s3://`` URI works.
+Loading needs neither Ray nor the training code and reads a local directory; remote checkpoints and
+registry references are fetched first by :mod:`srgan.tracking.refs`.
 """
 
 from __future__ import annotations

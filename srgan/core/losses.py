@@ -1,6 +1,6 @@
 """SRGAN losses: pixel MSE, VGG19 content loss, non-saturating adversarial loss, total variation.
 
-All image inputs are ``sr``/``gt`` in [-1, 1] (ARCHITECTURE.md). Loss weights live in
+All image inputs are ``sr``/``gt`` in [-1, 1] (docs/design.md). Loss weights live in
 :class:`LossConfig`, next to the losses they scale.
 
 VGG19 weights are never downloaded silently and never replaced by random weights silently:

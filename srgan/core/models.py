@@ -1,6 +1,6 @@
 """SRResNet generator and SRGAN discriminator (Ledig et al., CVPR 2017, Fig. 4).
 
-Value ranges (ARCHITECTURE.md): the generator takes ``lq`` in [0, 1] and returns ``sr`` in [-1, 1]
+Value ranges (docs/design.md): the generator takes ``lq`` in [0, 1] and returns ``sr`` in [-1, 1]
 (linear output, no tanh: the MSE phase is computed in that range). The discriminator takes images in
 [-1, 1] and returns one logit per image.
 """

@@ -1,4 +1,4 @@
-"""The project's value ranges, converted in one place (ARCHITECTURE.md, "Conventions").
+"""The project's value ranges, converted in one place (docs/design.md, "Value ranges").
 
 ``lq`` is in [0, 1]; ``gt`` and ``sr`` are in [-1, 1]; files and metrics use 0..255.
 """

@@ -3,19 +3,12 @@ crops, counting skipped objects, and packing a prefix into shards (``pipelines/p
 
 :mod:`srgan.distributed.ingest` runs these functions inside Ray Data.
 
-One epoch, as Ray Data runs it::
-
-    list the files once, on the driver (list_images / the shards of a packed prefix)
-      -> read_binary_files / read_parquet      the file order is reshuffled at every epoch
-      -> map_batches(decode + crop)            fractional CPUs; bad objects skipped and counted
-      -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
-
-Only ``gt`` travels: the LR input is made on the training worker's device by
+Only ``gt`` crops are made here: the LR input is made on the training worker's device by
 :func:`srgan.core.degrade.degrade` (the one MATLAB-bicubic degradation), so no resampling happens here.
 
 A corrupt, empty, non-image, oversized or too small object never fails an epoch: the decoder skips it
-and reports ``(kind, path)`` to a named :class:`SkipCounter` actor that keeps the *unique* paths per
-kind (a bad file read again next epoch is still one bad object) and logs each one once.
+and returns ``(kind, path)``; :class:`SkipTally` keeps the *unique* paths per kind (a bad file read
+again next epoch is still one bad object), and Ray's ``SkipCounter`` actor wraps it.
 
 Listing 1.28 M small objects every epoch is the slow path; :func:`pack_images` (``pipelines/prepare.py``)
 packs a prefix into Parquet shards once, and :func:`build_train_dataset` reads those the same way.
