@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 # "(RayTrainWorker pid=123) ..." / "(TrainController pid=9, ip=...) ..." -> the text after the prefix.
 _PREFIX = re.compile(r"^\((?P<actor>[\w.]+)(?: pid=\d+)?[^)]*\)\s?")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -24,6 +26,7 @@ def _normalise(line: str) -> str:
     return re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?", "#", line).strip()
 
 
+@pytest.mark.slow  # starts a local Ray cluster of its own, as the demo does
 def test_demo_console_is_the_projects_own(repo_root, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PRINT_PATCH")}
     proc = subprocess.run(

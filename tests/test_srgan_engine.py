@@ -126,6 +126,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_srgan_step_under_ddp_keeps_replicas_identical():
     """Two gloo processes, two DDP models, three alternating steps: no unused-parameter or
     unfinished-reduction error, and both ranks end with bit-identical G and D."""

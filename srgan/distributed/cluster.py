@@ -42,12 +42,18 @@ def init_ray() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-# Framework lines that repeat every epoch or every report and say nothing a user acts on. Ray Train's
-# own INFO lines still go to its log files (RunConfig's LoggingConfig filters the console only); these
-# loggers are lowered outright, so their INFO lines are gone from Ray Data's log file too.
+# Framework lines that repeat every epoch, checkpoint or worker-group start and say nothing a user acts
+# on. Only these loggers' INFO lines are dropped (from Ray's log files too); their warnings stay, and
+# so does every other Ray Train line: a worker failure and the FailurePolicy's RETRY/RAISE decision
+# still reach the console.
 _QUIET_LOGGERS = {
     "ray.data._internal.execution.streaming_executor": logging.WARNING,  # plan + finish, every epoch
     "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled" (we disable them)
+    "ray.train.v2._internal.execution.scaling_policy.scaling_policy": logging.WARNING,  # "Requesting resources"
+    "ray.train.v2._internal.execution.worker_group.worker_group": logging.WARNING,  # "Started training worker group"
+    "ray.train.v2._internal.execution.storage": logging.WARNING,  # "Checkpoint successfully created", every checkpoint
+    "ray.train.torch.config": logging.WARNING,  # "Setting up process group"
+    "ray.train.v2.torch.train_loop_utils": logging.WARNING,  # "Moving model to device"
 }
 
 
@@ -66,7 +72,7 @@ def quiet_framework_logs() -> None:
     for name, level in _QUIET_LOGGERS.items():
         _raise_level(name, level)
     # Ray Train's worker context logs "Reporting training result N: ..." at every checkpoint, through a
-    # logger named by its file path (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
+    # logger named by its file path, not under "ray.train".
     _raise_level(os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py"), logging.WARNING)
     # Raised by Ray Data's own internals (not by this project's calls) once per dataset manager.
     warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources.* is deprecated")

@@ -339,7 +339,7 @@ def _cpus_per_worker(config: Config) -> float:
 
 def run_training(config: Config, *, requested_init_from: str = "") -> TrainSummary:
     """Train ``config`` on Ray and register the best generator; blocks until done."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig  # RAY
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # RAY
     from ray.train.torch import TorchTrainer  # RAY
 
     from srgan.distributed.ingest import build_train_dataset, count_skips
@@ -381,9 +381,6 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=selection.attribute, checkpoint_score_order=selection.mode),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
-            # Ray Train's own INFO lines (resource requests, worker group, each checkpoint and report)
-            # stay in its log files; its warnings and errors still reach the console.
-            logging_config=LoggingConfig(log_level="WARNING"),
             # Ray Train otherwise re-emits each worker print() through its logger: every line twice.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
