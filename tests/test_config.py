@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from srgan.config import Config, ConfigError, apply_overrides, build_config, config_from_dict, flatten
@@ -59,6 +61,16 @@ def test_overrides_do_not_mutate():
         ({"optim": {"lr": 0}}, "optim.lr must be > 0"),
         ({"train": {"time_limit_min": -1}}, "time_limit_min must be >= 0"),
         ({"loss": {"content_layer": "relu9_9"}}, "content_layer"),
+        ({"model": {"scalez": 4}}, "unknown key model.scalez; valid keys: bicubic_skip, num_blocks, num_features, scale"),
+        ({"train": {"bf16": "yes"}}, "train.bf16 must be true or false, got 'yes'"),
+        ({"model": {"bicubic_skip": 1}}, "model.bicubic_skip must be true or false, got 1"),
+        ({"train": {"steps": True}}, "train.steps must be an integer, got True"),
+        ({"train": {"steps": 1.5}}, "train.steps must be an integer, got 1.5"),
+        ({"optim": {"lr": "fast"}}, "optim.lr must be a number, got 'fast'"),
+        ({"run": {"name": "a/b"}}, "run.name must be a non-empty name without '/'"),
+        ({"run": {"max_failures": -1}}, "run.max_failures must be >= 0, got -1"),
+        ({"train": {"ema_decay": 1}}, "train.ema_decay must be < 1, got 1"),
+        ({"train": []}, "config section 'train' must be a mapping, got list"),
     ],
 )
 def test_bad_values_are_one_line_errors(values, match):
@@ -98,3 +110,24 @@ def test_srgan_phase_needs_init_from_and_registers_under_its_own_name(repo_root)
     assert vgg22.loss.content_layer == "relu2_2" and vgg22.loss.vgg_weights == "random"
     with pytest.raises(ConfigError, match="discriminator"):
         build_config(None, {}, ["discriminator.base_features=0"])
+
+
+def test_yaml_1_1_numbers_and_empty_sections(tmp_path):
+    yaml_file = tmp_path / "exp.yaml"
+    # PyYAML reads 1e6 and 5e-4 (no dot) as strings, 2.0e5 as a float, and an empty section as null.
+    yaml_file.write_text("train:\n  steps: 1e6\n  val_every: 2.0e5\noptim:\n  lr: 5e-4\nrun:\n  name: 2024\ndata:\n")
+    cfg = build_config(yaml_file, {}, ["run.gpu=yes", "train.log_every=1e2"])
+    assert cfg.train.steps == 1_000_000 and type(cfg.train.steps) is int and cfg.train.val_every == 200_000
+    assert cfg.optim.lr == 5e-4 and type(cfg.optim.lr) is float
+    assert cfg.run.name == "2024" and cfg.run.gpu is True and cfg.train.log_every == 100 and cfg.data == config_from_dict({}).data
+
+
+def test_config_is_frozen_and_replace_revalidates():
+    cfg = config_from_dict({"loss": {"content_layer": "vgg22"}})
+    assert type(cfg.model).__module__ == "srgan.core.models" and cfg.loss.content_layer == "relu2_2"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train = cfg.train  # type: ignore[misc]
+    moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train="/abs/train"))
+    assert moved.data.train == "/abs/train" and moved.model == cfg.model and config_from_dict(moved.to_dict()) == moved
+    with pytest.raises(ConfigError, match="divisible by run.workers"):
+        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, workers=3))

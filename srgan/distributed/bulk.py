@@ -31,13 +31,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import Field, StrictBool, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from srgan.errors import UserError
+from srgan.config import CORE, OPTIONS, Float, Int, PositiveInt, must, one_line
 from srgan.core.images import FORMAT_EXTENSIONS, ImageError, ImageLimits, decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions
 from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
@@ -58,37 +61,34 @@ RESULT_COLUMNS = ("key", "ok", "kind", "reason", "out_pixels")
 # ------------------------------------------------------------------------------------------ config
 
 
-@dataclass(frozen=True)
+def _flag(loc: tuple) -> str:
+    return "--" + "-".join(map(str, loc)).replace("_", "-") if loc else ""  # the pipelines/upscale.py flag
+
+
+@pydantic_dataclass(frozen=True, config=OPTIONS)
 class BulkUpscaleConfig:
-    """What ``pipelines/upscale.py`` runs. Sizes are LR (input) pixels."""
+    """What ``pipelines/upscale.py`` runs. Sizes are LR (input) pixels. A bad value is a one-line :class:`UserError`."""
 
     input: str
     output: str
     model: str = DEFAULT_MODEL
     tracking_uri: str | None = None
-    format: str | None = None  # png, jpeg or webp; None: each input's own format
-    quality: int = 90  # for jpeg and webp
-    workers: int = 1  # actors, each with its own copy of the generator
-    gpu: bool = False  # one GPU per actor
-    num_cpus: float = 1.0  # CPUs reserved per actor (fractions allowed)
-    batch_size: int = 4  # images per map_batches call (same-size ones share a forward pass)
-    tile_size: int = 256
+    format: Annotated[str | None, must("png, jpeg or webp", lambda f: f is None or f in FORMAT_EXTENSIONS)] = None  # None: each input's own format
+    quality: Annotated[Int, Field(ge=1, le=100)] = 90  # for jpeg and webp
+    workers: PositiveInt = 1  # actors, each with its own copy of the generator
+    gpu: StrictBool = False  # one GPU per actor
+    num_cpus: Annotated[Float, Field(gt=0)] = 1.0  # CPUs reserved per actor (fractions allowed)
+    batch_size: PositiveInt = 4  # images per map_batches call (same-size ones share a forward pass)
+    tile_size: Int = 256
     s3_endpoint: str | None = None
-    limits: ImageLimits = field(default_factory=ImageLimits)
+    limits: Annotated[ImageLimits, CORE] = field(default_factory=ImageLimits)
 
-    def __post_init__(self) -> None:
-        if self.format is not None and self.format not in FORMAT_EXTENSIONS:
-            raise UserError(f"--format must be png, jpeg or webp, got {self.format!r}")
-        if not 1 <= self.quality <= 100:
-            raise UserError(f"--quality must be in 1..100, got {self.quality}")
-        if self.workers < 1 or self.batch_size < 1:
-            raise UserError(f"--workers and --batch-size must be >= 1, got {self.workers} and {self.batch_size}")
-        if self.num_cpus <= 0:
-            raise UserError(f"--num-cpus must be > 0, got {self.num_cpus}")
-        try:
-            self.upscaler_options()
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+    @model_validator(mode="after")
+    def _check(self) -> BulkUpscaleConfig:
+        self.upscaler_options()  # the core's own checks (tile_size)
+        return self
+
+    _one_line = one_line(UserError, name=_flag)  # after the validator above, so that it wraps it
 
     def upscaler_options(self) -> UpscalerOptions:
         return UpscalerOptions(device="cuda" if self.gpu else "auto", tile_size=self.tile_size, max_batch=self.batch_size)

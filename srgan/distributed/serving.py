@@ -37,16 +37,19 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from pydantic import Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from srgan.errors import UserError
+from srgan.config import OPTIONS, Float, Int, NonNegativeFloat, NonNegativeInt, PositiveInt, error_line, must
 from srgan.core.images import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions
 from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
@@ -68,26 +71,23 @@ STATUS_FOR_KIND = {"too_large": 413, "unsupported": 415, "corrupt": 400}
 # ------------------------------------------------------------------------------------------ options
 
 
-@dataclass(frozen=True)
+ModelRef = Annotated[str, must("a checkpoint directory/URI or models:/NAME@ALIAS", bool)]
+
+
+@pydantic_dataclass(frozen=True, config=OPTIONS)
 class ModelConfig:
     """The part of the configuration that can change on live replicas (the deployment's ``user_config``)."""
 
-    model: str = DEFAULT_MODEL
+    model: ModelRef = DEFAULT_MODEL
     tracking_uri: str | None = None
-    refresh_interval_s: float = 30.0  # how often a registry alias is re-resolved; 0 = never
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError("model must be a checkpoint directory/URI or models:/NAME@ALIAS")
-        if not isinstance(self.refresh_interval_s, (int, float)) or self.refresh_interval_s < 0:
-            raise ValueError(f"refresh_interval_s must be a number >= 0, got {self.refresh_interval_s!r}")
+    refresh_interval_s: NonNegativeFloat = 30.0  # how often a registry alias is re-resolved; 0 = never
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "ModelConfig":
-        return _from_dict(cls, values or {}, "user_config")
+        return _from_dict(cls, values, "user_config key")
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=OPTIONS)
 class ServeOptions:
     """Everything :func:`build_app` takes (its ``args``), validated up front.
 
@@ -96,54 +96,45 @@ class ServeOptions:
     """
 
     # model (user_config: updatable without restarting replicas)
-    model: str = DEFAULT_MODEL
+    model: ModelRef = DEFAULT_MODEL
     tracking_uri: str | None = None
-    refresh_interval_s: float = 30.0
+    refresh_interval_s: NonNegativeFloat = 30.0
     # limits
-    max_bytes: int = ImageLimits.max_bytes
-    max_pixels: int = ImageLimits.max_pixels
+    max_bytes: PositiveInt = ImageLimits.max_bytes
+    max_pixels: PositiveInt = ImageLimits.max_pixels
     # batching and inference
-    max_batch_size: int = 8  # requests per @serve.batch call; 1 disables batching
-    batch_wait_timeout_s: float = 0.01
-    batch_max_side: int = 256  # inputs with both sides <= this are batched; larger ones are tiled alone
-    tile_size: int = 256
+    max_batch_size: PositiveInt = 8  # requests per @serve.batch call; 1 disables batching
+    batch_wait_timeout_s: NonNegativeFloat = 0.01
+    batch_max_side: PositiveInt = 256  # inputs with both sides <= this are batched; larger ones are tiled alone
+    tile_size: Int = 256
     device: str = "auto"
     precision: str = "fp32"
-    torch_threads: int = 0  # intra-op threads per replica; 0 = Ray's default (its num_cpus, at least 1)
-    quality: int = 90  # lossy output quality when the request gives none
+    torch_threads: NonNegativeInt = 0  # intra-op threads per replica; 0 = Ray's default (its num_cpus, at least 1)
+    quality: Annotated[Int, Field(ge=1, le=100)] = 90  # lossy output quality when the request gives none
     # deployment
-    num_replicas: int = 1
-    min_replicas: int | None = None  # set min/max replicas to autoscale instead of a fixed count
-    max_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-    max_ongoing_requests: int = 32
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_replicas: PositiveInt = 1
+    min_replicas: Int | None = None  # set min/max replicas to autoscale instead of a fixed count
+    max_replicas: Int | None = None
+    target_ongoing_requests: Annotated[Float, Field(gt=0)] = 2.0
+    max_ongoing_requests: PositiveInt = 32
+    num_cpus: NonNegativeFloat = 1.0
+    num_gpus: NonNegativeFloat = 0.0
 
-    def __post_init__(self) -> None:
-        ModelConfig(self.model, self.tracking_uri, self.refresh_interval_s)
-        positive = ("max_bytes", "max_pixels", "max_batch_size", "batch_max_side", "num_replicas", "max_ongoing_requests")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.batch_wait_timeout_s < 0 or self.num_cpus < 0 or self.num_gpus < 0 or self.torch_threads < 0:
-            raise ValueError("batch_wait_timeout_s, num_cpus, num_gpus and torch_threads must be >= 0")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality must be in 1..100, got {self.quality}")
-        if self.target_ongoing_requests <= 0:
-            raise ValueError(f"target_ongoing_requests must be > 0, got {self.target_ongoing_requests}")
+    @model_validator(mode="after")
+    def _check(self) -> "ServeOptions":
         if self.replica_range is not None:
             low, high = self.replica_range
             if self.num_replicas != 1:
                 raise ValueError("give either num_replicas or min_replicas/max_replicas (autoscaling), not both")
             if low < 0 or high < 1 or low > high:
                 raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got {low} and {high}")
-        UpscalerOptions(device=self.device, precision=self.precision, tile_size=self.tile_size, max_batch=self.max_batch_size)
+        self.upscaler_options()  # the core's own checks (device, precision, tile_size)
+        return self
 
     @classmethod
     def from_args(cls, args: dict[str, Any] | None) -> "ServeOptions":
         """From the application's ``args`` (the YAML ``args:`` block or the CLI); unknown keys are refused."""
-        return _from_dict(cls, args or {}, "args")
+        return _from_dict(cls, args, "args key")
 
     @property
     def replica_range(self) -> tuple[int, int] | None:
@@ -180,15 +171,12 @@ class ServeOptions:
         return opts
 
 
-def _from_dict(cls, values: dict[str, Any], what: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+def _from_dict(cls, values: dict[str, Any] | None, unknown: str):
+    """``cls(**values)`` with pydantic's errors as a one-line ValueError (what Serve shows for ``args``)."""
     try:
-        return cls(**values)
-    except TypeError as exc:  # a value of the wrong type compared with a number
-        raise ValueError(f"bad {what}: {exc}") from None
+        return cls(**(values or {}))
+    except ValidationError as exc:
+        raise ValueError(error_line(exc, cls, unknown=unknown)) from None
 
 
 # ------------------------------------------------------------------------------------------ errors
