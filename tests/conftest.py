@@ -263,3 +263,80 @@ def cli(capsys, monkeypatch):
         return CliResult(code, out, err)
 
     return run
+
+
+# ------------------------------------------------------------------------- the session's champion
+
+TRAIN_PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "ihc.png", "retina.jpg", "hubble_deep_field.jpg"]
+SMALL_G = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true"]
+
+
+def _jpeg(name: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(load_photo(name)).convert("RGB").save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _png(name: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(load_photo(name)).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def s3_training_data(s3_server, datasets_dir):
+    """Nested real photos (some named .JPEG), a truncated JPEG, a zero-byte .jpg, a text file named .jpg;
+    and a two-image validation set in the shared layout. Returns (train URI, validation URI)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+    bucket = "train-e2e"
+    client.create_bucket(Bucket=bucket)
+    for i, name in enumerate(TRAIN_PHOTOS):
+        key = f"imagenet/train/n0{i % 3}/img_{i}.JPEG" if i % 2 == 0 else f"imagenet/train/n0{i % 3}/deeper/img_{i}.png"
+        client.put_object(Bucket=bucket, Key=key, Body=_jpeg(name) if key.endswith(".JPEG") else _png(name))
+    client.put_object(Bucket=bucket, Key="imagenet/train/n00/truncated.jpg", Body=_jpeg("coffee.png")[:3000])
+    client.put_object(Bucket=bucket, Key="imagenet/train/n01/empty.jpg", Body=b"")
+    client.put_object(Bucket=bucket, Key="imagenet/train/n02/notes.jpg", Body=b"this is not an image\n")
+    for name in ("baby", "bird"):
+        client.upload_file(str(datasets_dir / "Set5" / "HR" / f"{name}.png"), bucket, f"val/Set5/HR/{name}.png")
+        client.upload_file(str(datasets_dir / "Set5" / "LR_bicubic" / "X4" / f"{name}x4.png"), bucket, f"val/Set5/LR_bicubic/X4/{name}x4.png")
+    return f"s3://{bucket}/imagenet/train", f"s3://{bucket}/val/Set5"
+
+
+class Champion:
+    """The session's trained SRResNet: ``models:/srgan-generator@champion`` in ``db``."""
+
+    ref = "models:/srgan-generator@champion"
+
+    def __init__(self, work: Path, db: str, args: list[str], proc: subprocess.CompletedProcess) -> None:
+        self.work, self.db, self.args, self.proc = work, db, args, proc
+
+
+@pytest.fixture(scope="session")
+def srresnet_champion(ray_cluster, s3_training_data, tmp_path_factory) -> Champion:
+    """One real training run for the whole session (pipelines/train.py on the session cluster): two DDP
+    workers, 6 steps from S3 with three bad objects, MLflow on SQLite. Its best generator is
+    ``models:/srgan-generator@champion``; the SRGAN-phase tests start from it, the training tests check
+    and resume it (``--name e2e``, same storage: resuming registers version 2)."""
+    train_uri, val_uri = s3_training_data
+    work = tmp_path_factory.mktemp("champion")
+    db = f"sqlite:///{work / 'mlflow.db'}"
+    args = [
+        "--data", train_uri, "--val-data", val_uri, "--workers", "2", "--batch-size", "4",
+        "--name", "e2e", "--storage", str(work / "runs"), "--tracking-uri", db, *SMALL_G,
+        "--set", "data.crop_size=32", "--set", "data.crops_per_image=2",
+        "--set", "train.log_every=2", "--set", "train.val_every=3", "--set", "train.checkpoint_every=3",
+    ]
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), *args, "--steps", "6"], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Champion(work, db, args, proc)

@@ -1,11 +1,10 @@
-"""pipelines/evaluate.py end to end, as a user runs it (a real subprocess)."""
+"""pipelines/evaluate.py end to end, as a user runs it: its ``main`` in process through the ``cli``
+fixture (tests/test_cli.py runs a real subprocess for the exit-code contract)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,24 +13,15 @@ from srgan.core.checkpoint import save_generator
 from srgan.core.models import SRResNet
 
 
-def run_evaluate(repo_root, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(repo_root / "pipelines" / "evaluate.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _json_lines(stdout: str) -> dict:
     return {row["dataset"]: row for row in map(json.loads, stdout.strip().splitlines())}
 
 
 @pytest.mark.parametrize("extra", [[], ["--degrade"]], ids=["shipped-lr", "degrade"])
-def test_bicubic_baseline_matches_the_literature(repo_root, datasets_dir, extra):
+def test_bicubic_baseline_matches_the_literature(cli, datasets_dir, extra):
     """28.43 dB on Set5 and 26.09 dB on Set14; with --degrade too, which proves degrade() is MATLAB's."""
     data = f"{datasets_dir / 'Set5'},{datasets_dir / 'Set14'}"
-    proc = run_evaluate(repo_root, "--model", "bicubic", "--data", data, "--json", *extra)
+    proc = cli("evaluate", "--model", "bicubic", "--data", data, "--json", *extra)
     assert proc.returncode == 0, proc.stderr
     rows = _json_lines(proc.stdout)
     assert set(rows["Set5"]) == {"dataset", "model", "psnr_y", "ssim_y", "images"}
@@ -42,8 +32,8 @@ def test_bicubic_baseline_matches_the_literature(repo_root, datasets_dir, extra)
     assert 0.80 < rows["Set5"]["ssim_y"] < 0.82 and 0.69 < rows["Set14"]["ssim_y"] < 0.72
 
 
-def test_table_and_verbose_output(repo_root, datasets_dir):
-    proc = run_evaluate(repo_root, "--model", "bicubic", "--data", str(datasets_dir / "Set5"), "--verbose")
+def test_table_and_verbose_output(cli, datasets_dir):
+    proc = cli("evaluate", "--model", "bicubic", "--data", str(datasets_dir / "Set5"), "--verbose")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["dataset", "model", "images"]
@@ -51,10 +41,10 @@ def test_table_and_verbose_output(repo_root, datasets_dir):
     assert sum(name in proc.stdout for name in ("baby", "bird", "butterfly", "head", "woman")) == 5
 
 
-def test_checkpoint_model(repo_root, datasets_dir, tmp_path):
+def test_checkpoint_model(cli, datasets_dir, tmp_path):
     torch.manual_seed(0)
     ckpt = save_generator(tmp_path / "ck", SRResNet(num_blocks=1, num_features=8, bicubic_skip=True))
-    proc = run_evaluate(repo_root, "--model", str(ckpt), "--data", str(datasets_dir / "Set5"), "--json")
+    proc = cli("evaluate", "--model", str(ckpt), "--data", str(datasets_dir / "Set5"), "--json")
     assert proc.returncode == 0, proc.stderr
     row = _json_lines(proc.stdout)["Set5"]
     assert row["model"] == str(ckpt) and row["images"] == 5

@@ -324,7 +324,7 @@ def _register(db: str, checkpoint_dir, *, step: int, psnr: float) -> str:
     return reg.version
 
 
-def test_model_from_registry_alias_and_update_without_downtime(server, repo_root, tmp_path):
+def test_model_from_registry_alias_and_update_without_downtime(server, cli, tmp_path):
     from ray import serve
 
     from srgan.distributed.serving import build_app
@@ -335,8 +335,7 @@ def test_model_from_registry_alias_and_update_without_downtime(server, repo_root
     assert _register(db, ckpt_v1, step=1, psnr=20.0) == "1"
 
     # Unknown names in an existing store are a one-line error too.
-    proc = subprocess.run([sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", "models:/nope@champion",
-                           "--tracking-uri", db], capture_output=True, text=True, timeout=120)
+    proc = cli("serve", "--model", "models:/nope@champion", "--tracking-uri", db, cwd=tmp_path)
     assert proc.returncode == 2 and "models:/nope@champion is not registered" in proc.stderr, proc.stderr
 
     serve.run(build_app({"model": "models:/srgan-generator@champion", "tracking_uri": db, "refresh_interval_s": 0.5,

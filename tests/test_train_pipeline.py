@@ -1,51 +1,19 @@
 """pipelines/train.py end to end on real parts: moto S3, the session's Ray cluster, MLflow on SQLite.
 
-Two DDP workers (gloo) train a small generator from an S3 prefix that holds real photos and three
-bad objects; then the run is resumed with more steps; the registered champion is evaluated.
+The session's champion run (``srresnet_champion`` in conftest.py): two DDP workers (gloo) train a small
+generator from an S3 prefix that holds real photos and three bad objects. Here it is checked, resumed
+with more steps, and the registered champion is evaluated.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
-
-from conftest import load_photo
-
-PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "ihc.png", "retina.jpg", "hubble_deep_field.jpg"]
-
-
-def _jpeg(name: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(load_photo(name)).convert("RGB").save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def s3_training_data(s3_server, datasets_dir):
-    """Nested real photos (some named .JPEG), a truncated JPEG, a zero-byte .jpg, a text file named .jpg;
-    and a two-image validation set in the shared layout."""
-    client = boto3.client("s3", endpoint_url=s3_server)
-    bucket = "train-e2e"
-    client.create_bucket(Bucket=bucket)
-    for i, name in enumerate(PHOTOS):
-        key = f"imagenet/train/n0{i % 3}/img_{i}.JPEG" if i % 2 == 0 else f"imagenet/train/n0{i % 3}/deeper/img_{i}.png"
-        body = _jpeg(name) if key.endswith(".JPEG") else (lambda b: (Image.fromarray(load_photo(name)).convert("RGB").save(b, format="PNG"), b.getvalue())[1])(io.BytesIO())
-        client.put_object(Bucket=bucket, Key=key, Body=body)
-    client.put_object(Bucket=bucket, Key="imagenet/train/n00/truncated.jpg", Body=_jpeg("coffee.png")[:3000])
-    client.put_object(Bucket=bucket, Key="imagenet/train/n01/empty.jpg", Body=b"")
-    client.put_object(Bucket=bucket, Key="imagenet/train/n02/notes.jpg", Body=b"this is not an image\n")
-    for name in ("baby", "bird"):
-        client.upload_file(str(datasets_dir / "Set5" / "HR" / f"{name}.png"), bucket, f"val/Set5/HR/{name}.png")
-        client.upload_file(str(datasets_dir / "Set5" / "LR_bicubic" / "X4" / f"{name}x4.png"), bucket, f"val/Set5/LR_bicubic/X4/{name}x4.png")
-    return f"s3://{bucket}/imagenet/train", f"s3://{bucket}/val/Set5"
 
 
 def _train(repo_root, workdir, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -63,29 +31,13 @@ def _metric_steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-@pytest.fixture(scope="module")
-def small_run_args(s3_training_data, tmp_path_factory):
-    train_uri, val_uri = s3_training_data
-    work = tmp_path_factory.mktemp("train-e2e")
-    db = f"sqlite:///{work / 'mlflow.db'}"
-    args = [
-        "--data", train_uri, "--val-data", val_uri, "--workers", "2", "--batch-size", "4",
-        "--name", "e2e", "--storage", str(work / "runs"), "--tracking-uri", db,
-        "--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true",
-        "--set", "data.crop_size=32", "--set", "data.crops_per_image=2",
-        "--set", "train.log_every=2", "--set", "train.val_every=3", "--set", "train.checkpoint_every=3",
-    ]
-    return work, db, args
-
-
-def test_train_from_s3_with_two_ddp_workers_then_resume(ray_cluster, repo_root, small_run_args):
-    work, db, args = small_run_args
-    first = _train(repo_root, work, *args, "--steps", "6")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+def test_train_from_s3_with_two_ddp_workers_then_resume(srresnet_champion, repo_root, cli, datasets_dir):
+    """The session's champion run (tests/conftest.py): checked here, then resumed."""
+    work, db, args, first = srresnet_champion.work, srresnet_champion.db, srresnet_champion.args, srresnet_champion.proc
     assert "registered:  models:/srgan-generator/1  (alias @champion)" in first.stdout
 
     client = MlflowClient(db, registry_uri=db)
-    runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id], "attributes.run_name = 'e2e'")
     assert len(runs) == 1
     run = runs[0]
     run_id = run.info.run_id
@@ -107,7 +59,7 @@ def test_train_from_s3_with_two_ddp_workers_then_resume(ray_cluster, repo_root, 
     second = _train(repo_root, work, *args, "--steps", "9")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resumed from step 6" in second.stdout + second.stderr
-    runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id], "attributes.run_name = 'e2e'")
     assert len(runs) == 1 and runs[0].info.run_id == run_id
     loss_steps = _metric_steps(client, run_id, "train/loss")
     assert loss_steps == [2, 4, 6, 8, 9]
@@ -117,11 +69,7 @@ def test_train_from_s3_with_two_ddp_workers_then_resume(ray_cluster, repo_root, 
     assert versions == [1, 2]
 
     # The registered champion evaluates through the registry URI.
-    proc = subprocess.run(
-        [sys.executable, str(repo_root / "pipelines" / "evaluate.py"), "--model", "models:/srgan-generator@champion",
-         "--tracking-uri", db, "--data", str(repo_root.parent / "shared" / "datasets" / "Set5"), "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
+    proc = cli("evaluate", "--model", "models:/srgan-generator@champion", "--tracking-uri", db, "--data", str(datasets_dir / "Set5"), "--json")
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)
     assert row["dataset"] == "Set5" and row["images"] == 5 and 10 < row["psnr_y"] < 35
