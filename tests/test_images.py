@@ -31,6 +31,8 @@ from srgan.core.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
+    decode_random_crops,
+    decode_rgb_uint8,
     encode_image,
     read_image_file,
 )
@@ -720,3 +722,105 @@ def test_interlaced_png_passes_the_stream_check(bit_depth):
     decoded = decode_image(_interlaced_png(arr, bit_depth))
     assert decoded.bit_depth == bit_depth and decoded.size == (11, 13)
     assert np.array_equal(np.rint(decoded.rgb.permute(1, 2, 0).numpy() * top).astype(np.int64), arr.astype(np.int64))
+
+
+# ------------------------------------------------------------------------ the training decoder (uint8)
+
+
+def _uint8_cases() -> dict[str, bytes]:
+    rgb, grey, alpha = _rgb_photo(), _grey_photo(), _alpha()
+    rotated = Image.fromarray(rgb)
+    exif = rotated.getexif()
+    exif[ORIENTATION] = 6
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    palette.info["transparency"] = 3
+    return {
+        "rgb-png": _save(Image.fromarray(rgb), "PNG"),
+        "grey-png": _save(Image.fromarray(grey), "PNG"),
+        "rgba-png": _save(Image.fromarray(np.dstack([rgb, alpha])), "PNG"),
+        "palette-transparency-png": _save(palette, "PNG", transparency=3),
+        "rgb-16bit-png": _png16_bytes(_uint16_photo(3)),
+        "grey-alpha-16bit-png": _png16_bytes(_uint16_photo(2)),
+        "jpeg": _save(Image.fromarray(rgb), "JPEG", quality=90),
+        "cmyk-jpeg": _save(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=90),
+        "exif-rotated-jpeg": _save(rotated, "JPEG", quality=90, exif=exif.tobytes()),
+        "webp": _save(Image.fromarray(rgb), "WEBP", quality=90),
+        "bmp": _save(Image.fromarray(rgb), "BMP"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_uint8_cases()))
+def test_uint8_training_decoder_equals_the_rounded_float_decoder(case):
+    data = _uint8_cases()[case]
+    got = decode_rgb_uint8(data)  # (H, W, 3)
+    want = decode_image(data).rgb.mul(255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert got.dtype == np.uint8 and got.shape == want.shape and got.shape[2] == 3
+    assert np.array_equal(got, want)
+
+
+def test_uint8_training_decoder_raises_the_same_errors(datasets_dir):
+    for data, cls in ((b"", ImageDecodeError), (b"not an image at all", UnsupportedImageError),
+                      (_flip_idat_byte((datasets_dir / "Set5" / "HR" / "bird.png").read_bytes()), ImageDecodeError),
+                      (_flip_idat_byte(_png16_bytes(_uint16_photo(3))), ImageDecodeError)):
+        with pytest.raises(cls):
+            decode_rgb_uint8(data)
+    with pytest.raises(ImageTooLargeError):
+        decode_rgb_uint8(_save(Image.fromarray(_rgb_photo()), "PNG"), limits=ImageLimits(max_pixels=100))
+
+
+def test_8bit_pngs_are_inflated_once_and_16bit_ones_checked_before_torchvision(monkeypatch, datasets_dir):
+    """The stream check inflates only 16-bit PNGs (torchvision's libpng crashes on some malformed ones);
+    8-bit PNGs get their CRCs checked and go to PIL, which inflates them once."""
+    import srgan.core.png as png
+
+    calls = []
+    real = zlib.decompressobj
+    monkeypatch.setattr(png.zlib, "decompressobj", lambda *a, **k: calls.append(1) or real(*a, **k))
+    decode_rgb_uint8((datasets_dir / "Set5" / "HR" / "bird.png").read_bytes())
+    assert calls == []
+    decode_rgb_uint8(_png16_bytes(_uint16_photo(3)))
+    assert calls  # the structural check inflated it before torchvision's decoder saw it
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_uint8_training_decoder_applies_every_exif_orientation(orientation):
+    img = Image.fromarray(np.dstack([_rgb_photo(), _alpha()]))  # non-square, with alpha (dropped)
+    exif = img.getexif()
+    exif[ORIENTATION] = orientation
+    data = _save(img, "PNG", exif=exif.tobytes())
+    want = decode_image(data).rgb.mul(255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(decode_rgb_uint8(data), want)
+
+
+# (crop, count) on the 40x56 test photos: 2 crops of 8 px take the per-window path (PIL crops, only the
+# windows are converted); 5 of 24 px cover more than a quarter of the image and take the whole-array path.
+CROP_REGIMES = [(8, 2), (24, 5)]
+
+
+@pytest.mark.parametrize("crop, count", CROP_REGIMES)
+@pytest.mark.parametrize("case", sorted(_uint8_cases()))
+def test_crops_cut_before_the_array_equal_crops_of_the_whole_array(case, crop, count):
+    """The training fast path gives the same windows, at the same positions for the same rng, as
+    cropping the whole decoded array."""
+    from srgan.io.datasets import random_crops
+
+    data = _uint8_cases()[case]
+    fast = decode_random_crops(data, crop_size=crop, count=count, rng=np.random.default_rng(7))
+    whole = random_crops(decode_rgb_uint8(data), crop, count, np.random.default_rng(7))
+    assert fast.dtype == np.uint8 and fast.shape == (count, 3, crop, crop)
+    assert np.array_equal(fast, whole)
+
+
+@pytest.mark.parametrize("crop, count", CROP_REGIMES)
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_crops_follow_every_exif_orientation(orientation, crop, count):
+    from srgan.io.datasets import random_crops
+
+    img = Image.fromarray(np.dstack([_rgb_photo(), _alpha()]))  # non-square: the oriented frame differs
+    exif = img.getexif()
+    exif[ORIENTATION] = orientation
+    data = _save(img, "PNG", exif=exif.tobytes())
+    fast = decode_random_crops(data, crop_size=crop, count=count, rng=np.random.default_rng(orientation))
+    whole = random_crops(decode_rgb_uint8(data), crop, count, np.random.default_rng(orientation))
+    assert np.array_equal(fast, whole)
+    assert decode_random_crops(data, crop_size=10_000, count=1, rng=np.random.default_rng(0)) is None  # too small

@@ -28,6 +28,8 @@ __all__ = [
     "ImageTooLargeError",
     "UnsupportedImageError",
     "decode_image",
+    "decode_rgb_uint8",
+    "decode_random_crops",
     "encode_image",
     "read_image_file",
     "SUPPORTED_FORMATS",
@@ -94,8 +96,8 @@ def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
     return x
 
 
-def _pil_to_planes(img: Image.Image) -> tuple[Tensor, str]:
-    """PIL image (8-bit family) -> ((C, H, W) float32 in [0, 1], mode in RGB/L/RGBA/LA)."""
+def _pil_to_uint8(img: Image.Image) -> tuple[np.ndarray | None, str]:
+    """PIL image -> ((H, W, C) uint8, mode in RGB/L/RGBA/LA), or (None, "L") for 16-bit greyscale."""
     mode = img.mode
     if mode == "P":
         mode = "RGBA" if "transparency" in img.info else "RGB"
@@ -104,25 +106,17 @@ def _pil_to_planes(img: Image.Image) -> tuple[Tensor, str]:
     elif mode == "PA":
         mode = "RGBA"
     elif mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float32) / 65535.0  # 16-bit greyscale outside PNG
-        return torch.from_numpy(arr)[None], "L"
+        return None, "L"  # 16-bit greyscale outside PNG: no 8-bit view
     elif mode not in ("RGB", "L", "RGBA", "LA"):
         mode = "RGB"  # CMYK, YCbCr, ...
     if img.mode != mode:
         img = img.convert(mode)
     arr = np.asarray(img, dtype=np.uint8)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0, mode
+    return (arr[:, :, None] if arr.ndim == 2 else arr), mode
 
 
-def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> DecodedImage:
-    """Decode PNG/JPEG/WebP/BMP bytes with limits, EXIF orientation applied.
-
-    Raises:
-        ImageTooLargeError: more than ``limits.max_bytes`` bytes or ``limits.max_pixels`` pixels.
-        UnsupportedImageError: not an image, or a format outside :data:`SUPPORTED_FORMATS`.
-        ImageDecodeError: empty, corrupt or truncated data.
-    """
+def _open_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int]:
+    """The header, checked against the limits before any pixel is decoded; returns (lazy image, EXIF orientation)."""
     if not data:
         raise ImageDecodeError("empty image data")
     if len(data) > limits.max_bytes:
@@ -144,31 +138,170 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
         raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
     if width == 0 or height == 0:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")
-
     try:
         orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a broken EXIF block must not lose the picture
         orientation = 1
+    return img, orientation
+
+
+def _decode_pixels(data: bytes, limits: ImageLimits) -> tuple[np.ndarray | Tensor, str, int, str, int]:
+    """-> (pixels, mode, bit depth, format, EXIF orientation), orientation not yet applied. ``pixels`` is
+    the decoder's own (H, W, C) uint8 array for 8-bit sources, else (C, H, W) float32 in [0, 1]."""
+    img, orientation = _open_checked(data, limits)
+    fmt = str(img.format)
     try:
-        png_depth = check_png_stream(data) if img.format == "PNG" else 0
+        png_depth = check_png_stream(data, inflate_8bit=False) if fmt == "PNG" else 0
         if png_depth == 16:
-            planes, mode = png16_to_planes(data)
+            pixels, mode = png16_to_planes(data)
             bit_depth = 16
         else:
             img.load()
-            planes, mode = _pil_to_planes(img)
-            bit_depth = 16 if img.mode.startswith("I") else 8
+            arr, mode = _pil_to_uint8(img)
+            if arr is None:  # 16-bit greyscale outside PNG
+                pixels, bit_depth = torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)[None], 16
+            else:
+                pixels, bit_depth = arr, 8
     except ImageError:
         raise
     except Exception as exc:  # truncated streams, bad CRCs, libjpeg errors, ...
-        raise ImageDecodeError(f"corrupt or truncated {img.format} data: {exc}") from None
+        raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
+    finally:
+        img.close()
+    return pixels, mode, bit_depth, fmt, orientation
+
+
+def _orient_hwc(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """:func:`_apply_orientation` for an (H, W, C) array, as numpy views (no copy)."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(arr, k=-1, axes=(0, 1))
+    if orientation == 7:
+        return arr.transpose(1, 0, 2)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(arr, k=1, axes=(0, 1))
+    return arr
+
+
+def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> DecodedImage:
+    """Decode PNG/JPEG/WebP/BMP bytes with limits, EXIF orientation applied.
+
+    Raises:
+        ImageTooLargeError: more than ``limits.max_bytes`` bytes or ``limits.max_pixels`` pixels.
+        UnsupportedImageError: not an image, or a format outside :data:`SUPPORTED_FORMATS`.
+        ImageDecodeError: empty, corrupt or truncated data.
+    """
+    pixels, mode, bit_depth, fmt, orientation = _decode_pixels(data, limits)
+    if isinstance(pixels, np.ndarray):
+        pixels = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
+    planes = _apply_orientation(pixels, orientation)
+    colour, alpha = (planes[:-1], planes[-1:]) if mode in ("RGBA", "LA") else (planes, None)
+    rgb = colour.expand(3, -1, -1).contiguous() if colour.shape[0] == 1 else colour.contiguous()
+    return DecodedImage(rgb=rgb, alpha=alpha, mode=mode, bit_depth=bit_depth, format=fmt)
+
+
+def decode_rgb_uint8(data: bytes, *, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """The training path: an (H, W, 3) uint8 RGB array with no float copy and no transposed copy of the
+    image: orientation, alpha and grey are numpy views of the decoder's array (crops copy only their
+    windows). Alpha is dropped, grey replicated, EXIF orientation applied, 16-bit sources rounded to 8
+    bits; equal to ``round(decode_image(data).rgb * 255)`` in (H, W, C) order, with the same checks
+    and errors as :func:`decode_image`."""
+    pixels, mode, _, _, orientation = _decode_pixels(data, limits)
+    if not isinstance(pixels, np.ndarray):  # a 16-bit source: the same rounding as an 8-bit save
+        pixels = pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = _orient_hwc(pixels, orientation)
+    colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
+    return np.broadcast_to(colour, (*colour.shape[:2], 3)) if colour.shape[2] == 1 else colour
+
+
+def _raw_box(orientation: int, top: int, left: int, size: int, height: int, width: int) -> tuple[int, int]:
+    """The (row, column) in the stored image of the ``size`` window at (top, left) of the oriented
+    image (``height`` x ``width`` are the stored image's): orienting that stored window gives it."""
+    if orientation == 2:
+        return top, width - left - size
+    if orientation == 3:
+        return height - top - size, width - left - size
+    if orientation == 4:
+        return height - top - size, left
+    if orientation == 5:
+        return left, top
+    if orientation == 6:
+        return height - left - size, top
+    if orientation == 7:
+        return height - left - size, width - top - size
+    if orientation == 8:
+        return left, width - top - size
+    return top, left
+
+
+_WHOLE_ARRAY_FRACTION = 0.25  # crops covering more of the image than this: convert the whole image once
+
+
+def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.random.Generator,
+                        limits: ImageLimits = ImageLimits()) -> np.ndarray | None:
+    """``count`` random ``crop_size`` windows of the decoded image -> uint8 (count, 3, c, c), or None if
+    the (oriented) image is smaller than a crop. The training decoder's fast path.
+
+    Equal to ``random_crops(decode_rgb_uint8(data), ...)`` with the same ``rng`` (same positions, same
+    values), but only the windows are ever converted and copied: an 8-bit image is decoded once and
+    cropped by PIL before any array exists. 16-bit sources take the full path. Same errors as
+    :func:`decode_image`.
+    """
+    img, orientation = _open_checked(data, limits)
+    fmt = str(img.format)
+    try:
+        png_depth = check_png_stream(data, inflate_8bit=False) if fmt == "PNG" else 0
+        if png_depth == 16 or img.mode.startswith("I"):
+            img.close()
+            return _crops_of(decode_rgb_uint8(data, limits=limits), crop_size, count, rng)
+        img.load()
+    except ImageError:
+        img.close()
+        raise
+    except Exception as exc:  # truncated streams, bad CRCs, libjpeg errors, ...
+        img.close()
+        raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
+    try:
+        width, height = img.size
+        o_height, o_width = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+        if o_height < crop_size or o_width < crop_size:
+            return None
+        if count * crop_size * crop_size > _WHOLE_ARRAY_FRACTION * width * height:
+            # Many crops cover much of the image: one conversion of the whole image is cheaper.
+            arr, mode = _pil_to_uint8(img)
+            arr = _orient_hwc(arr, orientation)
+            colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
+            return _crops_of(np.broadcast_to(colour, (*colour.shape[:2], 3)), crop_size, count, rng)
+        tops = rng.integers(0, o_height - crop_size + 1, size=count)
+        lefts = rng.integers(0, o_width - crop_size + 1, size=count)
+        out = np.empty((count, 3, crop_size, crop_size), np.uint8)
+        for i, (t, s) in enumerate(zip(tops.tolist(), lefts.tolist())):
+            row, col = _raw_box(orientation, t, s, crop_size, height, width)
+            window, mode = _pil_to_uint8(img.crop((col, row, col + crop_size, row + crop_size)))
+            window = _orient_hwc(window, orientation)
+            colour = window[:, :, :-1] if mode in ("RGBA", "LA") else window
+            out[i] = colour.transpose(2, 0, 1)  # (c, c, 1) grey broadcasts to three channels
+        return out
     finally:
         img.close()
 
-    planes = _apply_orientation(planes, orientation)
-    colour, alpha = (planes[:-1], planes[-1:]) if mode in ("RGBA", "LA") else (planes, None)
-    rgb = colour.expand(3, -1, -1).contiguous() if colour.shape[0] == 1 else colour.contiguous()
-    return DecodedImage(rgb=rgb, alpha=alpha, mode=mode, bit_depth=bit_depth, format=str(img.format))
+
+def _crops_of(rgb: np.ndarray, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Random windows of an (H, W, 3) uint8 array, drawn as :func:`decode_random_crops` draws them."""
+    height, width = rgb.shape[:2]
+    if height < crop_size or width < crop_size:
+        return None
+    tops = rng.integers(0, height - crop_size + 1, size=count)
+    lefts = rng.integers(0, width - crop_size + 1, size=count)
+    windows = np.stack([rgb[t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
+    return np.ascontiguousarray(windows.transpose(0, 3, 1, 2))
 
 
 def read_image_file(path, *, limits: ImageLimits = ImageLimits()) -> DecodedImage:

@@ -37,12 +37,15 @@ def _png_row_layout(width: int, height: int, bit_depth: int, colour_type: int, i
     return layout
 
 
-def check_png_stream(data: bytes) -> int:
+def check_png_stream(data: bytes, *, inflate_8bit: bool = True) -> int:
     """Validate a PNG's structure before a native decoder sees it; returns its bit depth.
 
-    Checks every chunk's CRC, that the image data inflates to exactly the size the header implies,
-    and that every row's filter type is 0..4. PIL skips the data CRCs (a flipped byte decodes to
-    garbage) and libpng, as torchvision calls it, crashes the process on some malformed streams.
+    Checks every chunk's CRC (PIL skips the image data's CRCs: a flipped byte decodes to garbage),
+    then inflates the image data and checks that it has exactly the size the header implies and that
+    every row's filter type is 0..4: libpng, as torchvision calls it for 16-bit PNGs, crashes the
+    process on some malformed streams. ``inflate_8bit=False`` skips that inflate for 8-bit images,
+    which PIL decodes (it raises on bad filters and short data itself): the decoder then inflates
+    them once, not twice. CRCs are checked either way.
     """
     if len(data) < 33 or not data.startswith(PNG_SIGNATURE):
         raise ImageDecodeError("truncated PNG header")
@@ -71,6 +74,8 @@ def check_png_stream(data: bytes) -> int:
     width, height, bit_depth, colour_type, _, _, interlace = header
     if colour_type not in _PNG_CHANNELS:
         raise ImageDecodeError(f"corrupt PNG: unknown colour type {colour_type}")
+    if bit_depth != 16 and not inflate_8bit:
+        return bit_depth
     layout = _png_row_layout(width, height, bit_depth, colour_type, interlace)
     expected = sum(rows * (1 + row_bytes) for rows, row_bytes in layout)
     inflater = zlib.decompressobj()

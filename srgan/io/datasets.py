@@ -40,7 +40,7 @@ from srgan.core.images import (
     ImageLimits,
     ImageTooLargeError,
     UnsupportedImageError,
-    decode_image,
+    decode_random_crops,
 )
 from srgan.io.storage import resolve
 
@@ -169,12 +169,13 @@ def relative_key(path: str, root: str) -> str:
 # --------------------------------------------------------------------------------------- decoding
 
 
-def _decode_rgb(data: bytes, limits: ImageLimits, crop_size: int) -> tuple[Tensor | None, str | None]:
-    """Decode ``data`` -> (rgb (3, H, W) float in [0, 1], None), or (None, skip kind). Never raises."""
+def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray | None, str | None]:
+    """Decode ``data`` into ``count`` random crops -> (uint8 (count, 3, c, c), None), or (None, skip kind).
+    Never raises."""
     if len(data) == 0:
         return None, "empty"
     try:
-        rgb = decode_image(data, limits=limits).rgb  # alpha dropped; grey already replicated to RGB
+        crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits)
     except ImageTooLargeError:
         return None, "too_large"
     except UnsupportedImageError:
@@ -184,22 +185,29 @@ def _decode_rgb(data: bytes, limits: ImageLimits, crop_size: int) -> tuple[Tenso
     except Exception:  # noqa: BLE001 - a decoder bug on one object must not fail the epoch
         logger.exception("unexpected error decoding an image; counted as corrupt")
         return None, "corrupt"
-    if rgb.shape[-2] < crop_size or rgb.shape[-1] < crop_size:
+    if crops is None:
         return None, "too_small"
-    return rgb, None
+    return crops, None
 
 
-def random_crops(rgb: Tensor, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` uniformly placed ``crop_size`` windows of ``rgb`` (3, H, W) float [0, 1] -> uint8 (count, 3, c, c).
+def random_crops(rgb: np.ndarray | Tensor, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` uniformly placed ``crop_size`` windows -> uint8 (count, 3, c, c).
 
-    Only the windows are converted to uint8 (round to nearest), which gives back an 8-bit source's values
-    exactly; 16-bit sources are rounded to 8 bits.
+    ``rgb`` is the training decoder's (H, W, 3) uint8 array (only the windows are copied, then put in
+    channel-first order), or a (3, H, W) float tensor in [0, 1] (only the windows are converted,
+    rounding to nearest: an 8-bit source's values come back exactly). Crop positions depend on the
+    image size and ``rng`` only.
     """
-    height, width = rgb.shape[-2:]
+    channels_last = isinstance(rgb, np.ndarray)
+    height, width = rgb.shape[:2] if channels_last else rgb.shape[-2:]
     tops = rng.integers(0, height - crop_size + 1, size=count)
     lefts = rng.integers(0, width - crop_size + 1, size=count)
-    windows = [rgb[:, t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())]
-    return torch.stack(windows).mul(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    spots = list(zip(tops.tolist(), lefts.tolist()))
+    if channels_last:
+        windows = np.stack([rgb[t : t + crop_size, s : s + crop_size] for t, s in spots])  # (K, c, c, 3)
+        return np.ascontiguousarray(windows.transpose(0, 3, 1, 2))
+    windows = torch.stack([rgb[:, t : t + crop_size, s : s + crop_size] for t, s in spots])
+    return windows.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def decode_and_crop(
@@ -221,11 +229,11 @@ def decode_and_crop(
     crops: list[np.ndarray] = []
     skips: SkipList = []
     for data, path in zip(batch["bytes"], batch["path"]):
-        rgb, kind = _decode_rgb(bytes(data), limits, crop_size)
+        windows, kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng)
         if kind is not None:
             skips.append((kind, str(path)))
             continue
-        crops.append(random_crops(rgb, crop_size, crops_per_image, rng))
+        crops.append(windows)
     empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
     return {"gt": np.concatenate(crops) if crops else empty}, skips
 
