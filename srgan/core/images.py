@@ -30,6 +30,7 @@ __all__ = [
     "decode_image",
     "decode_rgb_uint8",
     "decode_random_crops",
+    "random_windows",
     "encode_image",
     "read_image_file",
     "SUPPORTED_FORMATS",
@@ -260,7 +261,7 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
         png_depth = check_png_stream(data, inflate_8bit=False) if fmt == "PNG" else 0
         if png_depth == 16 or img.mode.startswith("I"):
             img.close()
-            return _crops_of(decode_rgb_uint8(data, limits=limits), crop_size, count, rng)
+            return random_windows(decode_rgb_uint8(data, limits=limits), crop_size, count, rng)
         img.load()
     except ImageError:
         img.close()
@@ -278,7 +279,7 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
             arr, mode = _pil_to_uint8(img)
             arr = _orient_hwc(arr, orientation)
             colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
-            return _crops_of(np.broadcast_to(colour, (*colour.shape[:2], 3)), crop_size, count, rng)
+            return random_windows(np.broadcast_to(colour, (*colour.shape[:2], 3)), crop_size, count, rng)
         tops = rng.integers(0, o_height - crop_size + 1, size=count)
         lefts = rng.integers(0, o_width - crop_size + 1, size=count)
         out = np.empty((count, 3, crop_size, crop_size), np.uint8)
@@ -293,8 +294,9 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
         img.close()
 
 
-def _crops_of(rgb: np.ndarray, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Random windows of an (H, W, 3) uint8 array, drawn as :func:`decode_random_crops` draws them."""
+def random_windows(rgb: np.ndarray, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray | None:
+    """``count`` random ``crop_size`` windows of an (H, W, 3) uint8 array -> (count, 3, c, c) uint8, drawn
+    as :func:`decode_random_crops` draws them (tops, then lefts); None if the array is smaller."""
     height, width = rgb.shape[:2]
     if height < crop_size or width < crop_size:
         return None

@@ -41,6 +41,7 @@ from srgan.core.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_random_crops,
+    random_windows,
 )
 from srgan.io.storage import resolve
 
@@ -198,15 +199,12 @@ def random_crops(rgb: np.ndarray | Tensor, crop_size: int, count: int, rng: np.r
     rounding to nearest: an 8-bit source's values come back exactly). Crop positions depend on the
     image size and ``rng`` only.
     """
-    channels_last = isinstance(rgb, np.ndarray)
-    height, width = rgb.shape[:2] if channels_last else rgb.shape[-2:]
+    if isinstance(rgb, np.ndarray):
+        return random_windows(rgb, crop_size, count, rng)
+    height, width = rgb.shape[-2:]
     tops = rng.integers(0, height - crop_size + 1, size=count)
     lefts = rng.integers(0, width - crop_size + 1, size=count)
-    spots = list(zip(tops.tolist(), lefts.tolist()))
-    if channels_last:
-        windows = np.stack([rgb[t : t + crop_size, s : s + crop_size] for t, s in spots])  # (K, c, c, 3)
-        return np.ascontiguousarray(windows.transpose(0, 3, 1, 2))
-    windows = torch.stack([rgb[:, t : t + crop_size, s : s + crop_size] for t, s in spots])
+    windows = torch.stack([rgb[:, t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
     return windows.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
