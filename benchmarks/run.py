@@ -11,7 +11,8 @@ Rows (more join as they are built; the older scripts benchmarks/*.py still run o
 
 The images are ImageNet-like: photos from ../shared/datasets/train (T91, BSD200) resized to 500x375
 with PIL's bicubic filter, saved as JPEG (quality 90, PIL's defaults) and as PNG. Every timing is
-the median of ``--repeats`` runs, the two sides alternating; ``--quick`` uses fewer images and repeats.
+the median of ``--repeats`` timings of at least 1 s each, the two sides alternating; ``--quick`` uses
+fewer images, repeats and seconds.
 """
 
 from __future__ import annotations
@@ -69,13 +70,19 @@ def imagenet_like(count: int) -> dict[str, list[bytes]]:
     return out
 
 
+MIN_SECONDS = 1.0  # each timed repeat runs its side for at least this long (--quick: a quarter)
+
+
 def _median_rate(fn: Callable[[], int], repeats: int) -> float:
-    """Items per second of ``fn`` (which returns how many items it did): the median of ``repeats``."""
+    """Items per second of ``fn`` (which returns how many items it did): the median of ``repeats``
+    timings, each of whole calls lasting at least ``MIN_SECONDS`` (one pass over a few dozen images is
+    too short to time on a shared machine)."""
     rates = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
+        t0, n = time.perf_counter(), 0
+        while (elapsed := time.perf_counter() - t0) < MIN_SECONDS or n == 0:
+            n += fn()
+        rates.append(n / elapsed)
     return statistics.median(rates)
 
 
@@ -143,6 +150,8 @@ def main() -> int:
         print(f"error: unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}", file=sys.stderr)
         return 2
     repeats = args.repeats or (3 if args.quick else 7)
+    global MIN_SECONDS
+    MIN_SECONDS = 0.25 if args.quick else 1.0
     torch.set_num_threads(1)  # the decode rows are per core
     print(f"[bench] {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"{'quick' if args.quick else 'full'}, {repeats} repeats", flush=True)
