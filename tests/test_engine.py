@@ -53,9 +53,12 @@ def test_ema_update():
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)
+    net.train()(torch.rand(2, 3, 8, 8))  # moves the BN running statistics (and num_batches_tracked)
     ema_update(ema, net, decay=0.9)
     for b, e in zip(before, ema.parameters()):
         assert torch.allclose(e, b + 0.1, atol=1e-6)
+    for e, b in zip(ema.buffers(), net.buffers()):  # buffers are copied, whatever their dtype
+        assert torch.equal(e, b)
     assert not any(p.requires_grad for p in ema.parameters())
 
 
