@@ -146,30 +146,58 @@ def _open_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int]:
     return img, orientation
 
 
-def _decode_pixels(data: bytes, limits: ImageLimits) -> tuple[np.ndarray | Tensor, str, int, str, int]:
-    """-> (pixels, mode, bit depth, format, EXIF orientation), orientation not yet applied. ``pixels`` is
-    the decoder's own (H, W, C) uint8 array for 8-bit sources, else (C, H, W) float32 in [0, 1]."""
+def _load_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, str, bool]:
+    """The checked header, then the pixels: -> (image, EXIF orientation, format, is a 16-bit PNG). An
+    8-bit image comes back loaded; a 16-bit PNG is left to torchvision (after the full stream check).
+    Decoding errors become :class:`ImageDecodeError`; the caller closes the image."""
     img, orientation = _open_checked(data, limits)
     fmt = str(img.format)
     try:
-        png_depth = check_png_stream(data, inflate_8bit=False) if fmt == "PNG" else 0
-        if png_depth == 16:
-            pixels, mode = png16_to_planes(data)
-            bit_depth = 16
-        else:
+        png16 = fmt == "PNG" and check_png_stream(data, inflate_8bit=False) == 16
+        if not png16:
             img.load()
-            arr, mode = _pil_to_uint8(img)
-            if arr is None:  # 16-bit greyscale outside PNG
-                pixels, bit_depth = torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)[None], 16
-            else:
-                pixels, bit_depth = arr, 8
+    except Exception as exc:  # truncated streams, bad CRCs, libjpeg errors, ...
+        img.close()
+        if isinstance(exc, ImageError):
+            raise
+        raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
+    return img, orientation, fmt, png16
+
+
+def _pixels(img: Image.Image, data: bytes, png16: bool) -> tuple[np.ndarray | Tensor, str, int]:
+    """-> (pixels, mode, bit depth): the decoder's own (H, W, C) uint8 array for 8-bit sources, else
+    (C, H, W) float32 in [0, 1]."""
+    if png16:
+        planes, mode = png16_to_planes(data)
+        return planes, mode, 16
+    arr, mode = _pil_to_uint8(img)
+    if arr is None:  # 16-bit greyscale outside PNG
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)[None], mode, 16
+    return arr, mode, 8
+
+
+def _decode_pixels(data: bytes, limits: ImageLimits) -> tuple[np.ndarray | Tensor, str, int, str, int]:
+    """-> (pixels, mode, bit depth, format, EXIF orientation), orientation not yet applied."""
+    img, orientation, fmt, png16 = _load_checked(data, limits)
+    try:
+        pixels, mode, bit_depth = _pixels(img, data, png16)
     except ImageError:
         raise
-    except Exception as exc:  # truncated streams, bad CRCs, libjpeg errors, ...
+    except Exception as exc:  # torchvision's 16-bit decoder on a stream the check let through
         raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
     finally:
         img.close()
     return pixels, mode, bit_depth, fmt, orientation
+
+
+def _rgb_view(pixels: np.ndarray | Tensor, mode: str, orientation: int) -> np.ndarray:
+    """Decoder pixels -> an oriented (H, W, 3) uint8 RGB view: alpha dropped, grey replicated, 16-bit
+    sources rounded to 8 bits (the same rounding as an 8-bit save)."""
+    if not isinstance(pixels, np.ndarray):
+        pixels = pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = _orient_hwc(pixels, orientation)
+    colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
+    return np.broadcast_to(colour, (*colour.shape[:2], 3)) if colour.shape[2] == 1 else colour
 
 
 def _orient_hwc(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -215,11 +243,7 @@ def decode_rgb_uint8(data: bytes, *, limits: ImageLimits = ImageLimits()) -> np.
     bits; equal to ``round(decode_image(data).rgb * 255)`` in (H, W, C) order, with the same checks
     and errors as :func:`decode_image`."""
     pixels, mode, _, _, orientation = _decode_pixels(data, limits)
-    if not isinstance(pixels, np.ndarray):  # a 16-bit source: the same rounding as an 8-bit save
-        pixels = pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    arr = _orient_hwc(pixels, orientation)
-    colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
-    return np.broadcast_to(colour, (*colour.shape[:2], 3)) if colour.shape[2] == 1 else colour
+    return _rgb_view(pixels, mode, orientation)
 
 
 def _raw_box(orientation: int, top: int, left: int, size: int, height: int, width: int) -> tuple[int, int]:
@@ -251,35 +275,23 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
     the (oriented) image is smaller than a crop. The training decoder's fast path.
 
     Equal to ``random_crops(decode_rgb_uint8(data), ...)`` with the same ``rng`` (same positions, same
-    values), but only the windows are ever converted and copied: an 8-bit image is decoded once and
-    cropped by PIL before any array exists. 16-bit sources take the full path. Same errors as
+    values), but an 8-bit image is decoded once and, unless the crops cover over a quarter of it,
+    cropped by PIL before any array exists. 16-bit sources are converted whole. Same errors as
     :func:`decode_image`.
     """
-    img, orientation = _open_checked(data, limits)
-    fmt = str(img.format)
-    try:
-        png_depth = check_png_stream(data, inflate_8bit=False) if fmt == "PNG" else 0
-        if png_depth == 16 or img.mode.startswith("I"):
-            img.close()
-            return random_windows(decode_rgb_uint8(data, limits=limits), crop_size, count, rng)
-        img.load()
-    except ImageError:
-        img.close()
-        raise
-    except Exception as exc:  # truncated streams, bad CRCs, libjpeg errors, ...
-        img.close()
-        raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
+    img, orientation, fmt, png16 = _load_checked(data, limits)
     try:
         width, height = img.size
         o_height, o_width = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
         if o_height < crop_size or o_width < crop_size:
             return None
-        if count * crop_size * crop_size > _WHOLE_ARRAY_FRACTION * width * height:
-            # Many crops cover much of the image: one conversion of the whole image is cheaper.
-            arr, mode = _pil_to_uint8(img)
-            arr = _orient_hwc(arr, orientation)
-            colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
-            return random_windows(np.broadcast_to(colour, (*colour.shape[:2], 3)), crop_size, count, rng)
+        if png16 or img.mode.startswith("I") or count * crop_size * crop_size > _WHOLE_ARRAY_FRACTION * width * height:
+            # 16-bit sources, or crops covering much of the image: convert the whole image once.
+            try:
+                pixels, mode, _ = _pixels(img, data, png16)
+            except Exception as exc:  # torchvision's 16-bit decoder on a stream the check let through
+                raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
+            return random_windows(_rgb_view(pixels, mode, orientation), crop_size, count, rng)
         tops = rng.integers(0, o_height - crop_size + 1, size=count)
         lefts = rng.integers(0, o_width - crop_size + 1, size=count)
         out = np.empty((count, 3, crop_size, crop_size), np.uint8)
