@@ -271,23 +271,14 @@ TRAIN_PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "ihc.png",
 SMALL_G = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true"]
 
 
-def _jpeg(name: str) -> bytes:
+def _encoded(name: str, fmt: str, **params) -> bytes:
+    """A scikit-image photo as RGB, encoded in ``fmt`` by PIL."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(load_photo(name)).convert("RGB").save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
-
-
-def _png(name: str) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(load_photo(name)).convert("RGB").save(buf, format="PNG")
+    Image.fromarray(load_photo(name)).convert("RGB").save(buf, format=fmt, **params)
     return buf.getvalue()
 
 
@@ -302,8 +293,8 @@ def s3_training_data(s3_server, datasets_dir):
     client.create_bucket(Bucket=bucket)
     for i, name in enumerate(TRAIN_PHOTOS):
         key = f"imagenet/train/n0{i % 3}/img_{i}.JPEG" if i % 2 == 0 else f"imagenet/train/n0{i % 3}/deeper/img_{i}.png"
-        client.put_object(Bucket=bucket, Key=key, Body=_jpeg(name) if key.endswith(".JPEG") else _png(name))
-    client.put_object(Bucket=bucket, Key="imagenet/train/n00/truncated.jpg", Body=_jpeg("coffee.png")[:3000])
+        client.put_object(Bucket=bucket, Key=key, Body=_encoded(name, "JPEG", quality=92) if key.endswith(".JPEG") else _encoded(name, "PNG"))
+    client.put_object(Bucket=bucket, Key="imagenet/train/n00/truncated.jpg", Body=_encoded("coffee.png", "JPEG", quality=92)[:3000])
     client.put_object(Bucket=bucket, Key="imagenet/train/n01/empty.jpg", Body=b"")
     client.put_object(Bucket=bucket, Key="imagenet/train/n02/notes.jpg", Body=b"this is not an image\n")
     for name in ("baby", "bird"):
