@@ -10,18 +10,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
 
 import boto3
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 from conftest import load_photo
-from srgan.distributed.bulk import ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, plan_outputs, run_bulk_upscale
+from srgan.distributed.bulk import (ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, actor_arguments, plan_from_listing, plan_outputs,
+                                   run_bulk_upscale)
 from srgan.core.checkpoint import save_generator
 from srgan.errors import UserError
 from srgan.io.datasets import pack_images
@@ -149,24 +152,65 @@ def test_bulk_killed_part_way_then_rerun_leaves_one_complete_output_each(repo_ro
         assert decode_image(_get(client, name, f"many-x4/{key}")).size == (768, 768)  # whole, decodable
 
 
-def test_bulk_parquet_shards_to_local_folder(repo_root, ray_cluster, tmp_path, checkpoint):
+def _shard_keys(folder) -> dict[str, list[str]]:
+    """shard file name -> the keys packed in it."""
+    return {p.name: pq.read_table(p, columns=["path"]).column("path").to_pylist() for p in sorted(folder.glob("*.parquet"))}
+
+
+def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(repo_root, ray_cluster, tmp_path, checkpoint):
     src = tmp_path / "src"
     for key, spec in GOOD.items():
         (src / key).parent.mkdir(parents=True, exist_ok=True)
         (src / key).write_bytes(_good_bytes(*spec))
     pack_images(str(src), str(tmp_path / "shards"), images_per_shard=4)
+    (full, four), (small, two) = sorted(_shard_keys(tmp_path / "shards").items(), key=lambda kv: -len(kv[1]))
+    assert (len(four), len(two)) == (4, 2)
     out = tmp_path / "out"
+    # Done before this run: one row of the 4-image shard (read, that row filtered out) and all of the
+    # 2-image shard (not read at all). Their outputs must stay as they are.
+    done_before = {os.path.splitext(k)[0] + ".webp": b"done before" for k in [four[0], *two]}
+    for out_key, data in done_before.items():
+        (out / out_key).parent.mkdir(parents=True, exist_ok=True)
+        (out / out_key).write_bytes(data)
     stale = out / "a" / f".one.png.0badc0de{TMP_SUFFIX}"  # what a killed run can leave behind
-    stale.parent.mkdir(parents=True)
+    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"partial")
     proc = _upscale(repo_root, "--input", str(tmp_path / "shards"), "--output", str(out), "--model", str(checkpoint),
                     "--format", "webp", "--num-cpus", "0.25")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "done 6, skipped 0, failed 0" in proc.stdout
+    assert "done 3, skipped 3, failed 0" in proc.stdout and "upscaled 3/3" in proc.stdout, proc.stdout
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == sorted(os.path.splitext(k)[0] + ".webp" for k in GOOD)  # no temporaries, no report
-    for key, (_, (height, width), _) in GOOD.items():
+    for out_key, data in done_before.items():
+        assert (out / out_key).read_bytes() == data
+    for key in four[1:]:
+        height, width = GOOD[key][1]
         assert Image.open(out / (os.path.splitext(key)[0] + ".webp")).size == (4 * width, 4 * height)
+
+
+def test_plan_reads_only_shards_with_work_and_filters_their_done_rows():
+    located = {"s1/a.png": "shard-1", "s1/b.png": "shard-1", "s1/b.jpg": "shard-1", "s2/c.png": "shard-2", "s3/d.png": "shard-3"}
+    plan = plan_from_listing(located, parquet=True, fmt="png", existing={"s1/a.png", "s2/c.png"})
+    assert plan.todo == ["s1/b.jpg", "s3/d.png"] and plan.skipped == 2
+    assert [(f.key, f.kind) for f in plan.failures] == [("s1/b.png", "collision")]
+    assert plan.source_paths == ["shard-1", "shard-3"]  # shard-2 is done: not read
+    assert plan.excluded_keys == ["s1/a.png", "s1/b.png"]  # the rows of shard-1 that are not to be processed
+    raw = plan_from_listing({k: f"/in/{k}" for k in located}, parquet=False, fmt="png", existing={"s1/a.png"}, in_root="/in")
+    assert raw.source_paths == ["/in/s1/b.jpg", "/in/s2/c.png", "/in/s3/d.png"] and raw.excluded_keys == []
+
+
+def test_actor_arguments_do_not_grow_with_the_inputs(tmp_path, checkpoint):
+    from srgan.tracking.refs import resolve_model
+
+    config = BulkUpscaleConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model=str(checkpoint))
+    source = resolve_model(str(checkpoint))
+    sizes = []
+    for count in (10, 10_000):
+        plan = plan_from_listing({f"k/{i:06d}.png": f"/in/k/{i:06d}.png" for i in range(count)}, parquet=False, fmt=None,
+                                 existing=set(), in_root="/in")
+        assert len(plan.todo) == count
+        sizes.append(len(pickle.dumps(actor_arguments(config, plan, source))))
+    assert sizes[0] == sizes[1]
 
 
 def test_output_at_or_inside_input_is_refused(cli, tmp_path, checkpoint):

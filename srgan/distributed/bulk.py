@@ -3,10 +3,13 @@
     plan, on the driver (no Ray): list the inputs (an image prefix at any depth, or Parquet shards made
         by pipelines/prepare.py), map each key to its output key (same relative key, the output
         format's extension), list the output prefix once: inputs whose output exists are skipped
-      -> read_binary_files / read_parquet        only what is left to do
+      -> read_binary_files / read_parquet        only what is left to do: the path list holds only the
+                                                 images (or shards) with work left, and a Parquet filter
+                                                 drops the done rows of half-done shards in the read
       -> map_batches(UpscaleBatch, actor pool)   the generator loaded once per actor (num_gpus per actor
                                                  with gpu); decode, upscale (same-size images share a
-                                                 forward pass, large ones are tiled), encode, write
+                                                 forward pass, large ones are tiled), encode, write to
+                                                 output_key(key) (a pure function: no key map is sent)
       -> one result row per input                the driver prints progress, then a summary, and writes
                                                  the errors report
 
@@ -20,6 +23,9 @@ Guarantees:
   output key) is listed with its key, kind and reason in ``_upscale_errors.jsonl`` (JSON lines, sorted
   by key) under the output prefix; the job goes on. The report is rewritten only when it changes.
 - The output prefix may not be the input prefix or lie inside it, so no input is ever overwritten.
+- Scale: an actor's state is O(1) in the number of inputs (its constructor arguments are a few hundred
+  bytes at a million inputs); the driver's plan is O(N) (the listing itself). BENCHMARKS.md's
+  bulk-plan row measures both at 1,000,000 keys.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from srgan.core.inference import Upscaler, UpscalerOptions
 from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
 from srgan.io.storage import resolve
 
-__all__ = ["BulkUpscaleConfig", "BulkSummary", "UpscaleBatch", "plan_outputs", "run_bulk_upscale", "ERRORS_REPORT"]
+__all__ = ["BulkUpscaleConfig", "BulkSummary", "UpscaleBatch", "output_key", "plan_outputs", "plan_from_listing",
+           "actor_arguments", "run_bulk_upscale", "ERRORS_REPORT"]
 
 log = logging.getLogger(__name__)
 
@@ -203,33 +210,44 @@ class Failure:
 
 @dataclass
 class Plan:
-    """Inputs to process: ``todo`` maps input key -> output key; ``source_paths`` where to read them."""
+    """What is left to do, and how to read only that.
 
-    todo: dict[str, str]
+    ``todo``: the input keys to process, sorted (their output keys are computed where they are needed,
+    by :func:`output_key`, so no key -> output map is ever shipped). ``source_paths``: the image paths
+    (filesystem form) of ``todo``, or the Parquet shards holding at least one ``todo`` key.
+    ``excluded_keys``: for shards, the keys in ``source_paths`` that are not to be processed (done
+    already, or the losing side of a collision); the read drops them (a Parquet filter), so its size is
+    bounded by the shards a previous run left half done, not by the dataset.
+    """
+
+    todo: list[str]
     skipped: int
     failures: list[Failure]
     parquet: bool
-    in_fs: pafs.FileSystem
+    in_fs: pafs.FileSystem | None
     in_root: str
-    source_paths: list[str]  # image paths (filesystem form) or the Parquet shards holding todo keys
+    source_paths: list[str]
+    excluded_keys: list[str] = field(default_factory=list)
 
 
-def _output_key(key: str, fmt: str | None) -> str:
+def output_key(key: str, fmt: str | None) -> str:
+    """The output key of input ``key``: same relative key, the output format's extension (pure, so the
+    driver's plan and every actor agree without exchanging a map)."""
     stem, ext = os.path.splitext(key)
     return stem + FORMAT_EXTENSIONS[fmt or FORMAT_BY_EXTENSION.get(ext.lower(), "png")]
 
 
-def plan_outputs(keys: Iterable[str], fmt: str | None, existing: set[str]) -> tuple[dict[str, str], int, list[Failure]]:
-    """(todo: input key -> output key, how many already have an output, collisions as failures).
+def _select(keys: Iterable[str], fmt: str | None, existing: set[str]) -> tuple[list[str], int, list[Failure]]:
+    """(todo keys in key order, how many already have an output, collisions as failures).
 
     Two inputs that map to one output key (``a.jpg`` and ``a.png`` with ``--format png``): the first in
     key order wins, the other is a failure, so no output is ever written twice per run.
     """
-    todo: dict[str, str] = {}
+    todo: list[str] = []
     owner: dict[str, str] = {}
     skipped, failures = 0, []
     for key in sorted(keys):
-        out = _output_key(key, fmt)
+        out = output_key(key, fmt)
         if out in owner:
             failures.append(Failure(key, "collision", f"its output {out} is also the output of {owner[out]}"))
             continue
@@ -237,8 +255,14 @@ def plan_outputs(keys: Iterable[str], fmt: str | None, existing: set[str]) -> tu
         if out in existing:
             skipped += 1
         else:
-            todo[key] = out
+            todo.append(key)
     return todo, skipped, failures
+
+
+def plan_outputs(keys: Iterable[str], fmt: str | None, existing: set[str]) -> tuple[dict[str, str], int, list[Failure]]:
+    """(todo: input key -> output key, how many already have an output, collisions as failures); see :func:`_select`."""
+    todo, skipped, failures = _select(keys, fmt, existing)
+    return {key: output_key(key, fmt) for key in todo}, skipped, failures
 
 
 def _same_or_inside(inner: str, outer: str) -> bool:
@@ -268,13 +292,28 @@ def _list_inputs(config: BulkUpscaleConfig) -> tuple[pafs.FileSystem, str, bool,
     return fs, root, False, located, refused
 
 
+def plan_from_listing(located: dict[str, str], *, parquet: bool, fmt: str | None, existing: set[str],
+                      in_fs: pafs.FileSystem | None = None, in_root: str = "", refused: Iterable[Failure] = ()) -> Plan:
+    """The plan for a listing (key -> image path, or key -> the shard holding it) and the output
+    prefix's existing keys. Pure (no I/O): benchmarks/rows/bulk.py plans a million synthetic keys with it."""
+    todo, skipped, failures = _select(located, fmt, existing)
+    paths = sorted({located[key] for key in todo})
+    excluded: list[str] = []
+    if parquet:
+        # A shard that still holds work is read; the rows of it that are done (or lost a collision)
+        # are filtered out in the read, so the actors never see them.
+        wanted = set(todo)
+        read = set(paths)
+        excluded = sorted(key for key, shard in located.items() if shard in read and key not in wanted)
+    return Plan(todo, skipped, list(refused) + failures, parquet, in_fs, in_root, paths, excluded)
+
+
 def make_plan(config: BulkUpscaleConfig, store: OutputStore) -> Plan:
     in_fs, in_root, parquet, located, refused = _list_inputs(config)
     if type(in_fs) is type(store.fs) and _same_or_inside(store.root, in_root):
         raise UserError(f"the output {config.output} is the input prefix or inside it: write the results elsewhere")
-    todo, skipped, failures = plan_outputs(located, config.format, store.existing())
-    paths = sorted({located[key] for key in todo})
-    return Plan(todo, skipped, refused + failures, parquet, in_fs, in_root, paths)
+    return plan_from_listing(located, parquet=parquet, fmt=config.format, existing=store.existing(),
+                             in_fs=in_fs, in_root=in_root, refused=refused)
 
 
 # ------------------------------------------------------------------------------------------ the actor
@@ -286,10 +325,12 @@ class UpscaleBatch:
     Bad input is a row with ``ok=False``, never an exception."""
 
     def __init__(self, *, source: ModelSource, options: UpscalerOptions, output: str, s3_endpoint: str | None,
-                 todo: dict[str, str], in_root: str | None, fmt: str | None, quality: int, limits: ImageLimits) -> None:
+                 in_root: str | None, fmt: str | None, quality: int, limits: ImageLimits) -> None:
+        # O(1) state, whatever the number of inputs: the read delivers only what is left to do, and
+        # each output key is computed here from its input key.
         self.upscaler = load_upscaler(source, options=options)
         self.store = OutputStore(output, s3_endpoint)
-        self.todo, self.in_root, self.fmt, self.quality, self.limits = todo, in_root, fmt, quality, limits
+        self.in_root, self.fmt, self.quality, self.limits = in_root, fmt, quality, limits
 
     def _key(self, path: str) -> str:
         return path if self.in_root is None else path[len(self.in_root.rstrip("/")) + 1 :]
@@ -300,8 +341,6 @@ class UpscaleBatch:
         decoded = []
         for path, blob in zip(batch["path"], blobs):
             key = self._key(str(path))
-            if key not in self.todo:  # a Parquet shard also holds rows that are done already
-                continue
             try:
                 decoded.append((key, decode_image(bytes(blob), limits=self.limits)))
             except ImageError as exc:
@@ -327,7 +366,7 @@ class UpscaleBatch:
     def _write(self, key: str, result) -> tuple[str, bool, str, str, int]:
         if isinstance(result, Exception):
             return key, False, "error", f"{type(result).__name__}: {result}", 0
-        out_key = self.todo[key]
+        out_key = output_key(key, self.fmt)
         try:
             self.store.put(out_key, encode_image(result, EXTENSION_FORMATS[os.path.splitext(out_key)[1]], quality=self.quality))
         except Exception as exc:  # noqa: BLE001 - a failed write is this input's failure, not the job's
@@ -339,6 +378,21 @@ class UpscaleBatch:
 # ------------------------------------------------------------------------------------------ the job
 
 
+def actor_arguments(config: BulkUpscaleConfig, plan: Plan, source: ModelSource) -> dict[str, Any]:
+    """What every UpscaleBatch actor is constructed with: the same few fields for ten inputs or a
+    million (benchmarks/rows/bulk.py measures its pickled size)."""
+    return {
+        "source": source,
+        "options": config.upscaler_options(),
+        "output": config.output,
+        "s3_endpoint": config.s3_endpoint,
+        "in_root": None if plan.parquet else plan.in_root,  # shards store keys relative to the packed prefix
+        "fmt": config.format,
+        "quality": config.quality,
+        "limits": config.limits,
+    }
+
+
 def _dataset(config: BulkUpscaleConfig, plan: Plan, source: ModelSource):
     """The Ray Data pipeline: read what is left to do -> UpscaleBatch on an actor pool -> result rows."""
     import ray  # RAY
@@ -347,25 +401,17 @@ def _dataset(config: BulkUpscaleConfig, plan: Plan, source: ModelSource):
     read_cpus = 0.25  # reading is I/O: fractional CPUs leave the cores to the actors
     if plan.parquet:
         ds = ray.data.read_parquet(plan.source_paths, filesystem=plan.in_fs, columns=["path", "image"], partitioning=None, num_cpus=read_cpus)
-        in_root = None  # shards store keys relative to the packed prefix
+        if plan.excluded_keys:
+            from ray.data.expressions import col  # RAY
+
+            # RAY: pushed down into the Parquet read (rows dropped as each shard is scanned).
+            ds = ds.filter(expr=col("path").not_in(plan.excluded_keys))
     else:
         # A file removed since listing is dropped here and reported as missing by the driver.
         ds = ray.data.read_binary_files(plan.source_paths, filesystem=plan.in_fs, include_paths=True, ignore_missing_paths=True, num_cpus=read_cpus)
-        in_root = plan.in_root
-    constructor = {
-        "source": source,
-        "options": config.upscaler_options(),
-        "output": config.output,
-        "s3_endpoint": config.s3_endpoint,
-        "todo": plan.todo,
-        "in_root": in_root,
-        "fmt": config.format,
-        "quality": config.quality,
-        "limits": config.limits,
-    }
     return ds.map_batches(
         UpscaleBatch,
-        fn_constructor_kwargs=constructor,
+        fn_constructor_kwargs=actor_arguments(config, plan, source),
         batch_size=config.batch_size,
         compute=ActorPoolStrategy(size=config.workers),  # RAY: the generator is loaded once per actor
         num_cpus=config.num_cpus,
