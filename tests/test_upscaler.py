@@ -180,3 +180,32 @@ def test_out_of_memory_retries_with_smaller_tiles(caplog):
     assert up.tile_size == 64  # 512 -> 256 -> 128 fail (whole image), 64 + context fits
     assert caplog.text.count("out of memory") == 3
     assert (out - expected).abs().max().item() < 1e-4
+
+
+class _CallableGenerator:
+    """Not an nn.Module: the duck-typed contract an ONNX session meets (config, receptive_radius, call)."""
+
+    runtime = "callable"
+
+    def __init__(self, net: SRResNet):
+        self.net, self.config, self.receptive_radius = net, net.config, net.receptive_radius
+        self.weights_digest = "sha256:test"
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, lq: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(lq.shape))
+        return self.net(lq)
+
+
+def test_any_generator_callable_is_tiled_like_the_module():
+    net = _net(num_blocks=2)
+    lq = _photo_lq()[..., :70, :90]
+    expected = Upscaler(net, options=UpscalerOptions(tile_size=40, tile_overlap=4)).upscale_tensor(lq)
+    gen = _CallableGenerator(net)
+    up = Upscaler(gen, options=UpscalerOptions(tile_size=40, tile_overlap=4))
+    out = up.upscale_tensor(lq)
+    assert len(gen.shapes) > 4  # really tiled: the callable saw each tile with its context
+    assert torch.equal(out, expected)
+    assert (up.runtime, up.version, up.device.type) == ("callable", "sha256:test", "cpu")
+    with pytest.raises(ValueError, match="runs on cpu"):
+        Upscaler(gen, options=UpscalerOptions(device="cuda:0"))

@@ -7,6 +7,11 @@ Where the weights come from: the Upscaler loads a local checkpoint directory, or
 generator. Model references (registry aliases, ``s3://``) are pinned and fetched by
 :mod:`srgan.tracking.refs` (``load_upscaler``), which also records the pinned source on the Upscaler.
 
+Runtimes: the generator is duck-typed (:class:`Generator`): an :class:`~srgan.core.models.SRResNet`
+(the ``torch`` runtime) or any callable with the same contract, such as the onnxruntime session of
+:mod:`srgan.export` (``runtime="onnxruntime"`` in ``load_upscaler``). Tiling, batching and the value
+ranges live here, once, for every runtime; the core itself never imports onnx or onnxruntime.
+
 Tiling: an image larger than ``tile_size`` LR pixels is cut into tiles that overlap by
 ``tile_overlap`` pixels; each tile is run with ``tile_pad`` extra pixels of real context around it,
 and the overlapping outputs are blended with linear ramps. The default ``tile_pad`` is the network's
@@ -21,6 +26,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -28,10 +34,10 @@ from torch import Tensor
 from srgan.core.checkpoint import GeneratorCheckpoint, load_generator
 from srgan.core.degrade import bicubic_upscale
 from srgan.core.images import DecodedImage, with_planes
-from srgan.core.models import SRResNet
+from srgan.core.models import GeneratorConfig
 from srgan.core.ranges import signed_to_unit
 
-__all__ = ["UpscalerOptions", "Upscaler", "pick_device", "weights_digest"]
+__all__ = ["Generator", "UpscalerOptions", "Upscaler", "pick_device", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,20 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+class Generator(Protocol):
+    """What the Upscaler runs: ``lq`` (N, 3, h, w) float32 [0, 1] -> ``sr`` (N, 3, h*s, w*s) in [-1, 1].
+
+    :class:`~srgan.core.models.SRResNet` is one (an ``nn.Module``: the Upscaler moves it to its device
+    and puts it in eval mode). Anything else (e.g. ``srgan.export.OrtGenerator``) manages its own
+    device and states it as ``device``, and names its weights with a ``weights_digest`` string.
+    """
+
+    config: GeneratorConfig  # .scale is read
+    receptive_radius: int  # LR pixels of context each output pixel depends on (the default tile_pad)
+
+    def __call__(self, lq: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -69,8 +89,13 @@ class UpscalerOptions:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
 
 
-def weights_digest(net: torch.nn.Module) -> str:
-    """A short content hash of a model's weights: a version for checkpoints that have no registry version."""
+def weights_digest(net: torch.nn.Module | Generator) -> str:
+    """A short content hash of a model's weights: a version for checkpoints that have no registry version.
+
+    A generator that is not a module (an ONNX session) carries the digest of the weights it was made
+    from, so one model has one version whichever runtime runs it."""
+    if not isinstance(net, torch.nn.Module):
+        return net.weights_digest
     h = hashlib.sha256()
     for key, value in sorted(net.state_dict().items()):
         h.update(key.encode())
@@ -104,14 +129,29 @@ def _ramp(length: int, ramp_in: int, ramp_out: int, device: torch.device) -> Ten
 
 
 class Upscaler:
-    """Upscale images with an SRResNet generator. ``lq`` [0, 1] in, ``sr`` [0, 1] out (clamped)."""
+    """Upscale images with a generator (:class:`Generator`). ``lq`` [0, 1] in, ``sr`` [0, 1] out (clamped).
 
-    def __init__(self, net_g: SRResNet, *, options: UpscalerOptions = UpscalerOptions(), model_info: GeneratorCheckpoint | None = None) -> None:
+    ``runtime`` says what runs the network: ``torch`` for an ``nn.Module``, else the generator's own
+    ``runtime`` attribute (``onnxruntime`` for srgan.export's session).
+    """
+
+    def __init__(self, net_g: Generator, *, options: UpscalerOptions = UpscalerOptions(), model_info: GeneratorCheckpoint | None = None) -> None:
         self.options = options
-        self.device = pick_device(options.device)
+        if isinstance(net_g, torch.nn.Module):
+            self.device = pick_device(options.device)
+            self.runtime = "torch"
+            net_g = net_g.to(self.device).eval().requires_grad_(False)
+        else:
+            # The generator runs where it was built; an explicit, different device is a mistake.
+            self.device = torch.device(getattr(net_g, "device", "cpu"))
+            self.runtime = getattr(net_g, "runtime", type(net_g).__name__)
+            if options.device != "auto" and pick_device(options.device) != self.device:
+                raise ValueError(f"the {self.runtime} generator runs on {self.device}, not {options.device}; pass device='auto' or {self.device.type!r}")
+            if options.precision != "fp32":
+                raise ValueError(f"precision {options.precision} is for the torch runtime; the {self.runtime} generator runs fp32")
         if options.precision == "bf16" and self.device.type != "cuda":
             raise ValueError("precision bf16 needs a CUDA device; use fp32 on the CPU")
-        self.net_g = net_g.to(self.device).eval().requires_grad_(False)
+        self.net_g = net_g
         self.scale = net_g.config.scale
         self.tile_pad = net_g.receptive_radius if options.tile_pad is None else options.tile_pad
         self.tile_size = options.tile_size  # lowered for good after a CUDA out-of-memory error
@@ -136,7 +176,7 @@ class Upscaler:
     # ------------------------------------------------------------------------------ tensors
 
     def _forward(self, lq: Tensor) -> Tensor:
-        """One network pass: (N, 3, h, w) [0, 1] on device -> (N, 3, h*s, w*s) [0, 1] fp32."""
+        """One network pass: (N, 3, h, w) [0, 1] on device -> (N, 3, h*s, w*s) [0, 1] fp32 (not clamped)."""
         if self.options.precision == "bf16":
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 sr = self.net_g(lq)

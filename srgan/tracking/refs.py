@@ -4,7 +4,9 @@ A reference is what a user types after ``--model`` or ``--init-from``:
 
 - ``models:/NAME@ALIAS``: a registry alias; pinned to the version it points at *now*;
 - ``models:/NAME/VERSION``: one registry version;
-- a checkpoint directory, ``file://`` or ``s3://`` URI (``generator.safetensors`` + ``checkpoint.json``).
+- a checkpoint directory, ``file://`` or ``s3://`` URI (``generator.safetensors`` + ``checkpoint.json``);
+- an ONNX export directory or URI (``generator.onnx`` + ``generator.onnx.json``, from
+  ``pipelines/export.py``): loadable with the onnxruntime runtime only.
 
 :func:`resolve_model` pins a reference without loading weights (a :class:`ModelSource`);
 :func:`fetch_model` makes a pinned source a local directory; the core's
@@ -12,6 +14,10 @@ A reference is what a user types after ``--model`` or ``--init-from``:
 agree on the weights (the driver's check and each Train worker, each Serve replica, each bulk actor)
 resolves once and passes the pinned ``ModelSource.uri`` on, so an alias that moves meanwhile changes
 nothing for them.
+
+Runtimes: :func:`load_upscaler` runs the generator with ``torch`` (default) or ``onnxruntime`` (CPU).
+With ``onnxruntime`` an export directory is loaded as it is, and a checkpoint is exported on the fly
+(:mod:`srgan.export`, the optional ``export`` extra) and checked against the torch model once.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ import torch
 from srgan.core.checkpoint import META_FILE, GeneratorCheckpoint, load_generator
 from srgan.core.inference import Upscaler, UpscalerOptions
 from srgan.core.models import SRResNet
-from srgan.errors import CheckpointError, ModelReferenceError
+from srgan.errors import CheckpointError, ConfigError, ModelReferenceError
+from srgan.export import SIDECAR_FILE as EXPORT_SIDECAR  # srgan.export imports onnx only when it exports or runs
 from srgan.tracking.runs import resolve_tracking_uri
 
-__all__ = ["ModelSource", "MODELS_PREFIX", "DEFAULT_MODEL", "is_registry_ref", "parse_registry_ref", "resolve_model",
+__all__ = ["ModelSource", "MODELS_PREFIX", "DEFAULT_MODEL", "RUNTIMES", "is_registry_ref", "parse_registry_ref", "resolve_model",
            "fetch_model", "load_generator_ref", "load_upscaler"]
 
 MODELS_PREFIX = "models:/"
 DEFAULT_MODEL = "models:/srgan-generator@champion"  # the alias the training pipeline moves
+RUNTIMES = ("torch", "onnxruntime")  # what load_upscaler(runtime=...) takes (the CLIs' --runtime choices)
 
 
 @dataclass(frozen=True)
@@ -102,13 +110,14 @@ def _checkpoint_source(ref: str, s3_endpoint: str | None) -> ModelSource:
     try:
         fs, path = resolve(ref, s3_endpoint=s3_endpoint)
         exists = fs.get_file_info(path).type != pafs.FileType.NotFound
-        found = fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File
+        found = any(fs.get_file_info(f"{path}/{name}").type == pafs.FileType.File for name in (META_FILE, EXPORT_SIDECAR))
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"cannot read the checkpoint {ref}: {exc}") from None
     if not exists:
         raise CheckpointError(f"checkpoint {ref} does not exist: pass a checkpoint directory or models:/NAME@ALIAS")
     if not found:
-        raise CheckpointError(f"{ref} is not a generator checkpoint (no {META_FILE} there): pass a checkpoint directory or models:/NAME@ALIAS")
+        raise CheckpointError(f"{ref} is not a generator checkpoint (no {META_FILE} there) nor an ONNX export (no {EXPORT_SIDECAR}): "
+                              "pass a checkpoint directory or models:/NAME@ALIAS")
     pinned = path if isinstance(fs, pafs.LocalFileSystem) else ref
     return ModelSource(requested=ref, uri=pinned, name=Path(path).name)
 
@@ -144,19 +153,67 @@ def fetch_model(source: ModelSource, *, s3_endpoint: str | None = None) -> Path:
         raise CheckpointError(f"checkpoint {source.uri} does not exist") from None
 
 
+def _not_an_export(local: Path, source: ModelSource) -> Path:
+    if (local / EXPORT_SIDECAR).is_file() and not (local / META_FILE).is_file():
+        raise CheckpointError(f"{source.requested} is an ONNX export, which only the onnxruntime runtime loads: "
+                              "pass --runtime onnxruntime, or the checkpoint it was exported from")
+    return local
+
+
 def load_generator_ref(ref: str | os.PathLike | ModelSource, *, map_location: str | torch.device = "cpu", tracking_uri: str | None = None,
                        s3_endpoint: str | None = None) -> tuple[SRResNet, GeneratorCheckpoint]:
     """Resolve, fetch and load a generator from any reference (in eval mode)."""
     source = resolve_model(ref, tracking_uri=tracking_uri, s3_endpoint=s3_endpoint)
-    net_g, info = load_generator(fetch_model(source, s3_endpoint=s3_endpoint), map_location=map_location)
+    local = _not_an_export(fetch_model(source, s3_endpoint=s3_endpoint), source)
+    net_g, info = load_generator(local, map_location=map_location)
     return net_g, GeneratorCheckpoint(generator=info.generator, config=info.config, metadata=info.metadata, path=source.uri)
 
 
-def load_upscaler(ref: str | os.PathLike | ModelSource, *, options: UpscalerOptions = UpscalerOptions(), tracking_uri: str | None = None) -> Upscaler:
+def _onnx_generator(local: Path, source: ModelSource):
+    """The onnxruntime generator of a fetched reference: an export as it is, a checkpoint exported now."""
+    import tempfile
+
+    from srgan.core.inference import weights_digest
+    from srgan.export import export_onnx, is_export_dir, load_exported, max_error
+
+    if is_export_dir(local):
+        gen = load_exported(local)
+        return gen, GeneratorCheckpoint(generator=gen.config, metadata={"onnx": gen.meta}, path=source.uri)
+    net_g, info = load_generator(local, map_location="cpu")
+    with tempfile.TemporaryDirectory(prefix="srgan-onnx-") as tmp:
+        # The session holds the whole graph, so the temporary files can go right after.
+        export_onnx(net_g, tmp, model={"name": source.name, "version": source.version, "source": source.uri}, weights_digest=weights_digest(net_g))
+        gen = load_exported(tmp)
+    # One small check that the graph computes what the weights do (the export CLI checks all of Set5).
+    probe = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        err = max_error((net_g(probe) + 1) / 2, (gen(probe) + 1) / 2)
+    if not err <= 1 / 255:
+        raise CheckpointError(f"the on-the-fly ONNX export of {source.requested} differs from PyTorch by {err:.2g} (> 1/255): use --runtime torch")
+    return gen, info
+
+
+def load_upscaler(ref: str | os.PathLike | ModelSource, *, runtime: str = "torch", options: UpscalerOptions = UpscalerOptions(),
+                  tracking_uri: str | None = None) -> Upscaler:
     """An :class:`Upscaler` over any reference; ``upscaler.source`` is the pinned :class:`ModelSource`
-    (its registry version names the model in Serve's headers and the bulk job's logs)."""
+    (its registry version names the model in Serve's headers and the bulk job's logs).
+
+    ``runtime``: ``"torch"`` runs the checkpoint's SRResNet on ``options.device``; ``"onnxruntime"``
+    runs an ONNX export on the CPU (a checkpoint is exported on the fly, which takes seconds to tens of
+    seconds; ``pipelines/export.py`` makes one ahead of time). Both report the same ``version`` for the
+    same weights. A missing ``export`` extra raises a one-line UserError naming ``pip install -e ".[export]"``.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime" and options.device not in ("auto", "cpu"):
+        raise ConfigError(f"the onnxruntime runtime runs on the CPU, not {options.device}: use --device cpu, or --runtime torch for {options.device}")
     source = resolve_model(ref, tracking_uri=tracking_uri)
-    net_g, info = load_generator(fetch_model(source), map_location="cpu")
-    upscaler = Upscaler(net_g, options=options, model_info=info)
+    local = fetch_model(source)
+    if runtime == "onnxruntime":
+        gen, info = _onnx_generator(local, source)
+        upscaler = Upscaler(gen, options=options, model_info=info)
+    else:
+        net_g, info = load_generator(_not_an_export(local, source), map_location="cpu")
+        upscaler = Upscaler(net_g, options=options, model_info=info)
     upscaler.source = source
     return upscaler
