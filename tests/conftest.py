@@ -304,30 +304,55 @@ def s3_training_data(s3_server, datasets_dir):
 
 
 class Champion:
-    """The session's trained SRResNet: ``models:/srgan-generator@champion`` in ``db``."""
+    """The session's trained SRResNet: ``models:/srgan-generator@champion`` on the tracking server."""
 
     ref = "models:/srgan-generator@champion"
 
-    def __init__(self, work: Path, db: str, args: list[str], proc: subprocess.CompletedProcess) -> None:
-        self.work, self.db, self.args, self.proc = work, db, args, proc
+    def __init__(self, work: Path, db: str, args: list[str], proc: subprocess.CompletedProcess, server: dict, storage: str) -> None:
+        # ``db`` is the tracking URI (the server's URL) that every client of the champion passes.
+        self.work, self.db, self.args, self.proc, self.server, self.storage = work, db, args, proc, server, storage
 
 
 @pytest.fixture(scope="session")
-def srresnet_champion(ray_cluster, s3_training_data, tmp_path_factory) -> Champion:
-    """One real training run for the whole session (pipelines/train.py on the session cluster): two DDP
-    workers, 6 steps from S3 with three bad objects, MLflow on SQLite. Its best generator is
-    ``models:/srgan-generator@champion``; the SRGAN-phase tests start from it, the training tests check
-    and resume it (``--name e2e``, same storage: resuming registers version 2)."""
+def postgres_db():
+    """A throw-away PostgreSQL cluster for the session (tests/servers.py)."""
+    from servers import postgres
+
+    with postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def tracking_server(postgres_db, s3_server, tmp_path_factory):
+    """MLflow's tracking server for the session, as deployed: infra/mlflow/mlflow-server.sh with the
+    PostgreSQL backend store and artifacts proxied to the moto S3 server (tests/servers.py)."""
+    from servers import mlflow_server
+
+    with mlflow_server(postgres_db, s3_server, REPO_ROOT, tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def srresnet_champion(ray_cluster, ray_dashboard, s3_training_data, tracking_server, tmp_path_factory) -> Champion:
+    """One real training run for the whole session, submitted as users do (``ray job submit
+    --working-dir . -- python pipelines/train.py ...``) to the session cluster: two DDP workers, 6
+    steps from S3 with three bad objects, checkpoints on S3, tracked on the MLflow server (PostgreSQL
+    and S3 artifacts). Its best generator is ``models:/srgan-generator@champion``. The job-submission,
+    production-tracking, training and SRGAN-phase tests check it, resume it and start from it (a
+    resume with ``--name e2e`` and the same storage registers version 2)."""
     train_uri, val_uri = s3_training_data
     work = tmp_path_factory.mktemp("champion")
-    db = f"sqlite:///{work / 'mlflow.db'}"
+    server = tracking_server["url"]
+    storage = f"{train_uri.split('/imagenet')[0]}/runs"
     args = [
         "--data", train_uri, "--val-data", val_uri, "--workers", "2", "--batch-size", "4",
-        "--name", "e2e", "--storage", str(work / "runs"), "--tracking-uri", db, *SMALL_G,
+        "--name", "e2e", "--storage", storage, "--tracking-uri", server, *SMALL_G,
         "--set", "data.crop_size=32", "--set", "data.crops_per_image=2",
         "--set", "train.log_every=2", "--set", "train.val_every=3", "--set", "train.checkpoint_every=3",
     ]
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), *args, "--steps", "6"], cwd=work,
-                          capture_output=True, text=True, timeout=600)
+    ray = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.run([ray, "job", "submit", "--address", ray_dashboard, "--working-dir", ".", "--",
+                           "python", "pipelines/train.py", *args, "--steps", "6"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return Champion(work, db, args, proc)
+    return Champion(work, server, args, proc, tracking_server, storage)
