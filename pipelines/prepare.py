@@ -5,8 +5,15 @@ Listing 1.28 M small objects at every epoch is the slow path; pack them once and
     python pipelines/prepare.py --input s3://bucket/imagenet/train --output s3://bucket/imagenet-shards/train
     python pipelines/prepare.py --input ../shared/datasets/train --output /tmp/train-shards --images-per-shard 100
 
-Shards have two columns: path (the key relative to --input) and image (the object's bytes as stored).
-Bad objects are packed as they are; training skips and counts them exactly as from the raw prefix.
+--format encoded (the default): two columns, path (the key relative to --input) and image (the
+object's bytes as stored). Bad objects are packed as they are; training skips and counts them exactly
+as from the raw prefix.
+
+--format raw-uint8: every image decoded once, here, for datasets read many times: path, height,
+width, pixels ((H, W, 3) RGB uint8) and skip (the skip kind of a bad object, counted by training as
+from the raw prefix). Training then only cuts windows, at well over 10x the crops/s per core of JPEG
+decoding, for about 5-10x the storage of JPEG shards (docs/performance.md).
+
 S3 is configured by the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or --s3-endpoint.
 """
 
@@ -28,7 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images-per-shard", type=int, default=1000, help="images per shard (default 1000; a shard also closes at 1 GiB)")
     p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL or AWS itself)")
     p.add_argument("--seed", type=int, default=0, help="seed of the packing order, which mixes the whole dataset into every shard (default 0)")
-    p.add_argument("--threads", type=int, default=16, help="concurrent object reads (default 16)")
+    p.add_argument("--threads", type=int, default=16, help="concurrent object reads, and decodes with raw-uint8 (default 16)")
+    p.add_argument("--format", choices=("encoded", "raw-uint8"), default="encoded",
+                   help="encoded: the objects' bytes (default); raw-uint8: decoded pixels, no decoding at training time")
     return p.parse_args(argv)
 
 
@@ -45,7 +54,11 @@ def main() -> int:
         seed=args.seed,
         threads=args.threads,
         progress=lambda line: print(line, flush=True),
+        format=args.format,
     )
+    if summary.format == "raw-uint8":
+        print(f"decoded {summary.input_bytes} encoded bytes into {summary.bytes} bytes of pixels "
+              f"({summary.bytes / max(summary.input_bytes, 1):.1f}x)", flush=True)
     print(f"packed {summary.images} images ({summary.bytes} bytes) into {summary.shards} shards under {summary.output}", flush=True)
     return 0
 

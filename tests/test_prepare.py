@@ -64,7 +64,7 @@ def read_shards(paths: list[Path]) -> dict[str, bytes]:
 def test_help_documents_every_flag(repo_root):
     proc = run_prepare(repo_root, "--help")
     assert proc.returncode == 0, proc.stderr
-    for flag in ("--input", "--output", "--images-per-shard", "--s3-endpoint", "--seed", "--threads"):
+    for flag in ("--input", "--output", "--images-per-shard", "--s3-endpoint", "--seed", "--threads", "--format"):
         assert flag in proc.stdout
 
 
@@ -133,7 +133,7 @@ def test_pack_refuses_the_input_itself_and_existing_shards(tmp_path, photos_dir)
     with pytest.raises(UserError, match="is the input prefix or inside it"):
         pack_images(f"file://{src}", f"{src}/")
     size = (src / "a" / "astronaut.png").stat().st_size
-    assert pack_images(str(src), str(tmp_path / "out")) == PackSummary(images=1, shards=1, bytes=size, output=str(tmp_path / "out"))
+    assert pack_images(str(src), str(tmp_path / "out")) == PackSummary(images=1, shards=1, bytes=size, output=str(tmp_path / "out"), input_bytes=size)
     with pytest.raises(UserError, match="already holds Parquet shards"):  # mixing runs would leave stale shards
         pack_images(str(src), str(tmp_path / "out"))
     assert not list(src.rglob("*.parquet"))

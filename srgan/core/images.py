@@ -10,6 +10,7 @@ result back in the input's own form: its mode (RGB, L, RGBA, LA), bit depth (8 o
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = [
     "decode_rgb_uint8",
     "decode_random_crops",
     "random_windows",
+    "decode_random_crops_on",
+    "CropBatcher",
     "encode_image",
     "read_image_file",
     "SUPPORTED_FORMATS",
@@ -316,6 +319,131 @@ def random_windows(rgb: np.ndarray, crop_size: int, count: int, rng: np.random.G
     lefts = rng.integers(0, width - crop_size + 1, size=count)
     windows = np.stack([rgb[t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
     return np.ascontiguousarray(windows.transpose(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------------------- GPU-side decoding
+
+_DEVICE_JPEG_MODES = ("RGB", "L")  # what nvjpeg decodes to RGB exactly as libjpeg does; CMYK etc. go to the CPU
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True if the last scan (SOS, FF DA) is followed by an end-of-image marker (FF D9). A byte FF in
+    entropy-coded data is always stuffed (FF 00), so FF D9 after the last SOS is the real EOI. A cut
+    file fails this; nvjpeg may not notice and fill the missing rows, where PIL raises."""
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") > 0
+
+
+def _windows(image: Tensor, tops: np.ndarray, lefts: np.ndarray, crop_size: int) -> Tensor:
+    """(3, H, W) -> (count, 3, c, c): the windows at (tops[i], lefts[i]), on the image's device."""
+    return torch.stack([image[:, t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
+
+
+def _cpu_windows(data: bytes, limits: ImageLimits, tops: np.ndarray, lefts: np.ndarray, crop_size: int, device: torch.device) -> Tensor:
+    """The CPU decoder's windows at positions already drawn (a JPEG the device decoder refused)."""
+    rgb = decode_rgb_uint8(data, limits=limits)  # (H, W, 3), oriented; raises ImageError for bad data
+    return _windows(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), tops, lefts, crop_size).to(device)
+
+
+def decode_random_crops_on(blobs: list[bytes], *, crop_size: int, count: int, rng: np.random.Generator, device: str | torch.device,
+                           limits: ImageLimits = ImageLimits()) -> list[Tensor | ImageError | None]:
+    """:func:`decode_random_crops` for a batch, with JPEGs decoded on ``device`` (nvjpeg on CUDA, libjpeg
+    through torchvision on the CPU) and cropped there.
+
+    Returns one entry per blob, in order: uint8 (count, 3, c, c) crops on ``device``, None (smaller than
+    a crop), or the :class:`ImageError` the CPU decoder raised. With the same ``rng`` it draws the same
+    positions as :func:`decode_random_crops` called on each blob in turn, and gives the same skip for
+    every bad object, because only a checked header, complete, 8-bit RGB/grey JPEG at least a crop in
+    size is decoded on the device; anything else (PNG, WebP, CMYK, a cut file, a small image) and any
+    JPEG the device decoder rejects go through the CPU decoder. On the CPU the crops are bit-identical
+    to the CPU path (PIL and torchvision both use libjpeg-turbo's default islow IDCT).
+    """
+    with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to TorchCodec on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    out: list[Tensor | ImageError | None] = [None] * len(blobs)
+    jobs: list[tuple[int, int, np.ndarray, np.ndarray, tuple[int, int]]] = []  # (index, orientation, tops, lefts, (H, W) stored)
+    for i, data in enumerate(blobs):
+        try:
+            img, orientation = _open_checked(data, limits)  # limits and format from the header alone
+            width, height = img.size
+            on_device = img.format == "JPEG" and img.mode in _DEVICE_JPEG_MODES and _jpeg_complete(data)
+            img.close()
+            o_height, o_width = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+            if not on_device or o_height < crop_size or o_width < crop_size:
+                # The CPU decoder, now (rng drawn in order): its own crop-or-skip decision, as today.
+                crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits)
+                out[i] = None if crops is None else torch.from_numpy(crops).to(device)
+                continue
+        except ImageError as exc:
+            out[i] = exc
+            continue
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one object must not fail the batch
+            out[i] = ImageDecodeError(f"unexpected decoder error: {exc}")
+            continue
+        tops = rng.integers(0, o_height - crop_size + 1, size=count)  # drawn as decode_random_crops draws
+        lefts = rng.integers(0, o_width - crop_size + 1, size=count)
+        jobs.append((i, orientation, tops, lefts, (height, width)))
+    if not jobs:
+        return out
+    encoded = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i, *_ in jobs]  # bytearray: writable, no warning
+    try:
+        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # one batched call: [(3, H, W) uint8]
+    except RuntimeError:  # one bad stream fails the batch: decode one by one, so only it falls back
+        images = []
+        for data in encoded:
+            try:
+                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                images.append(None)
+    for (i, orientation, tops, lefts, stored), image in zip(jobs, images):
+        try:
+            if image is None or tuple(image.shape[-2:]) != stored:  # refused, or not the header's size
+                out[i] = _cpu_windows(blobs[i], limits, tops, lefts, crop_size, device)
+            else:
+                out[i] = _windows(_apply_orientation(image, orientation), tops, lefts, crop_size)
+        except ImageError as exc:
+            out[i] = exc
+        except Exception as exc:  # noqa: BLE001
+            out[i] = ImageDecodeError(f"unexpected decoder error: {exc}")
+    return out
+
+
+class CropBatcher:
+    """Regroups crop tensors of any length into batches of exactly ``batch_size``, on their device.
+
+    Decoding on the Train worker yields a short batch whenever an object is skipped; the loop needs
+    full ones. With ``shuffle_pool > 0`` at least that many crops stay pooled and each batch is drawn
+    from a random permutation of the pool, so that the adjacent crops of one image spread over
+    batches (what the local shuffle buffer does on the CPU path)."""
+
+    def __init__(self, batch_size: int, *, shuffle_pool: int = 0, generator: torch.Generator | None = None):
+        self.batch_size, self.shuffle_pool, self.generator = batch_size, shuffle_pool, generator
+        self._pending: list[Tensor] = []  # (k_i, 3, c, c) each
+        self._count = 0
+
+    def add(self, crops: Tensor):
+        """Queue (k, 3, c, c) crops; yields every batch that is ready."""
+        if len(crops):
+            self._pending.append(crops)
+            self._count += len(crops)
+        while self._count >= self.batch_size + self.shuffle_pool:
+            yield self._take()
+
+    def finish(self):
+        """The epoch's end: yields the full batches left; the remainder is dropped (``drop_last``)."""
+        while self._count >= self.batch_size:
+            yield self._take()
+        self._pending, self._count = [], 0
+
+    def _take(self) -> Tensor:
+        pool = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]  # (count, 3, c, c)
+        if self.shuffle_pool:
+            pool = pool[torch.randperm(len(pool), generator=self.generator, device=pool.device)]
+        batch, rest = pool[: self.batch_size], pool[self.batch_size :]
+        self._pending, self._count = ([rest] if len(rest) else []), len(rest)
+        return batch
 
 
 def read_image_file(path, *, limits: ImageLimits = ImageLimits()) -> DecodedImage:

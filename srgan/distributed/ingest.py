@@ -23,18 +23,22 @@ import ray
 from srgan.core.images import ImageLimits
 from srgan.errors import UserError
 from srgan.io.datasets import (
+    RAW_COLUMNS,
     SHARD_COLUMNS,
     SkipList,
     SkipTally,
-    relative_key,
+    crop_raw_table,
     decode_and_crop,
+    decode_and_crop_on,
     empty_skip_summary,
     is_parquet_source,
     list_image_infos,
     list_parquet_shards,
+    relative_key,
+    shard_format,
 )
 
-__all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset"]
+__all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "decodes_on_worker", "iter_device_crops"]
 
 
 @ray.remote(num_cpus=0)
@@ -104,6 +108,21 @@ def _decode_crop_batch(
     return out
 
 
+def _crop_raw_batch(table, *, crop_size: int, crops_per_image: int, counter: ray.actor.ActorHandle) -> dict[str, np.ndarray]:
+    """map_batches UDF on raw-uint8 shard rows (a pyarrow table): -> {"gt": uint8 (K, 3, c, c)}; no decoding."""
+    out, skips = crop_raw_table(table, crop_size=crop_size, crops_per_image=crops_per_image, rng=np.random.default_rng())
+    if skips:
+        ray.get(counter.add.remote(skips))
+    return out
+
+
+def _bytes_batch(batch: dict[str, np.ndarray], *, image_column: str, root: str | None) -> dict[str, np.ndarray]:
+    """map_batches UDF of ``data.decode_device: cuda``: {image_column, path} -> {"bytes", "path"} with
+    the keys a skip is reported under; nothing is decoded (the Train worker decodes on its GPU)."""
+    paths = [str(p) if root is None else relative_key(str(p), root) for p in batch["path"]]
+    return {"bytes": batch[image_column], "path": np.asarray(paths, dtype=object)}
+
+
 def _file_shuffle(seed: int | None) -> Any:
     """A file order that changes at every epoch (execution); reproducible per epoch when ``seed`` is set."""
     from ray.data import FileShuffleConfig
@@ -124,6 +143,7 @@ def build_train_dataset(
     seed: int | None = None,
     decode_batch_size: int = 32,
     num_cpus: float = 0.25,
+    decode: str = "cpu",
 ) -> ray.data.Dataset:
     """A Ray Dataset of random HR training crops: rows ``{"gt": uint8 (3, crop_size, crop_size)}``, RGB, 0..255.
 
@@ -147,6 +167,10 @@ def build_train_dataset(
 
     A raw prefix is listed here, once; Ray then stats each listed file again. At ImageNet scale pack the
     prefix with ``pipelines/prepare.py`` instead.
+
+    ``raw-uint8`` shards (``prepare.py --format raw-uint8``) are not decoded at all: the tasks only cut
+    windows. ``decode="cuda"`` (``data.decode_device``) leaves encoded sources undecoded: rows are then
+    ``{"bytes", "path"}`` and the Train worker decodes them on its GPU (:func:`iter_device_crops`).
     """
     if crop_size < 1 or crops_per_image < 1:
         raise UserError(f"crop_size and crops_per_image must be >= 1, got {crop_size} and {crops_per_image}")
@@ -154,20 +178,31 @@ def build_train_dataset(
         raise UserError(f"decode_batch_size must be >= 1 and num_cpus > 0, got {decode_batch_size} and {num_cpus}")
     import ray.data  # here, not at the top: packing and the pure functions don't need Ray Data
 
+    if decode not in ("cpu", "cuda"):
+        raise UserError(f"decode must be cpu or cuda, got {decode!r}")
     shuffle = _file_shuffle(seed)
     if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
+        raw = shard_format(fs, shards[0]) == "raw-uint8"
         ds = ray.data.read_parquet(shards, filesystem=fs, partitioning=None, shuffle=shuffle, num_cpus=num_cpus)
-        ds = ds.select_columns(list(SHARD_COLUMNS))
+        ds = ds.select_columns(list(RAW_COLUMNS if raw else SHARD_COLUMNS))
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
         fs, root, images = list_image_infos(uri, s3_endpoint)
         paths = [i.path for i in images]
         ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=num_cpus)
-        image_column = "bytes"
+        image_column, raw = "bytes", False
     counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
     # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
     # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
+    if raw:
+        return ds.map_batches(
+            _crop_raw_batch, batch_size=decode_batch_size, num_cpus=num_cpus, batch_format="pyarrow",
+            fn_kwargs={"crop_size": crop_size, "crops_per_image": crops_per_image, "counter": counter},
+        )
+    if decode == "cuda":
+        return ds.map_batches(_bytes_batch, batch_size=decode_batch_size, num_cpus=num_cpus,
+                              fn_kwargs={"image_column": image_column, "root": root})
     return ds.map_batches(
         _decode_crop_batch,
         batch_size=decode_batch_size,
@@ -181,3 +216,45 @@ def build_train_dataset(
             "counter": counter,  # the dataset holds a handle, so the actor lives while the dataset does
         },
     )
+
+
+# --------------------------------------------------------------------------------------- decoding on the Train worker
+
+
+def decodes_on_worker(uri: str, decode: str, *, s3_endpoint: str | None = None) -> bool:
+    """True if :func:`build_train_dataset` ships encoded bytes for the Train workers to decode:
+    ``decode == "cuda"`` and the source is not raw-uint8 shards (those need no decoding anywhere)."""
+    if decode != "cuda":
+        return False
+    if not is_parquet_source(uri, s3_endpoint=s3_endpoint):
+        return True
+    fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
+    return shard_format(fs, shards[0]) != "raw-uint8"
+
+
+def iter_device_crops(shard, *, crop_size: int, crops_per_image: int, batch_size: int, device, prefetch_batches: int,
+                      skip_counter_name: str, limits: ImageLimits = ImageLimits(), seed: int | None = None):
+    """One epoch of uint8 HR crop batches (batch_size, 3, c, c) on ``device``, decoded on the worker.
+
+    Ray Data prefetches the encoded bytes on its own thread; here each batch of objects is decoded
+    with :func:`srgan.io.datasets.decode_and_crop_on` (nvjpeg on CUDA, CPU fallback for the rest),
+    bad objects go to the :class:`SkipCounter`, and :class:`srgan.core.images.CropBatcher` regroups
+    the crops into full batches (skips make decoded batches short), mixing an image's crops over
+    batches when ``crops_per_image > 1``. The last incomplete batch of an epoch is dropped, as
+    ``drop_last`` does on the CPU path."""
+    import torch
+
+    from srgan.core.images import CropBatcher
+
+    counter = ray.get_actor(skip_counter_name)  # RAY
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(rng.integers(2**62)))
+    batcher = CropBatcher(batch_size, shuffle_pool=8 * batch_size if crops_per_image > 1 else 0, generator=generator)
+    objects = max(1, batch_size // crops_per_image)  # about one training batch of crops per decode call
+    for batch in shard.iter_batches(batch_size=objects, batch_format="numpy", prefetch_batches=prefetch_batches):  # RAY
+        crops, skips = decode_and_crop_on(batch, crop_size=crop_size, crops_per_image=crops_per_image, rng=rng, limits=limits, device=device)
+        if skips:
+            ray.get(counter.add.remote(skips))  # RAY: rare; a summary read right after must include them
+        yield from batcher.add(crops)
+    yield from batcher.finish()

@@ -41,6 +41,8 @@ from srgan.core.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_random_crops,
+    decode_random_crops_on,
+    decode_rgb_uint8,
     random_windows,
 )
 from srgan.io.storage import resolve
@@ -53,6 +55,7 @@ __all__ = [
     "is_parquet_source",
     "list_parquet_shards",
     "decode_and_crop",
+    "decode_and_crop_on",
     "random_crops",
     "SkipTally",
     "SkipList",
@@ -60,6 +63,10 @@ __all__ = [
     "relative_key",
     "PackSummary",
     "pack_images",
+    "PACK_FORMATS",
+    "RAW_COLUMNS",
+    "shard_format",
+    "crop_raw_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +78,10 @@ SHARD_COLUMNS = ("path", "image")
 PARQUET_EXTENSION = ".parquet"
 MAX_EXAMPLES = 20  # skipped paths kept per kind in a summary
 MAX_SHARD_BYTES = 1 << 30  # a shard is closed early at 1 GiB (keeps 32-bit Arrow binary offsets safe)
+# Shard formats: the objects' own bytes, or pixels decoded once at packing (for data read many times).
+PACK_FORMATS = ("encoded", "raw-uint8")
+RAW_COLUMNS = ("path", "height", "width", "pixels", "skip")
+RAW_METADATA = {b"srgan.format": b"raw-uint8"}
 
 SkipList = list[tuple[str, str]]
 
@@ -170,6 +181,17 @@ def relative_key(path: str, root: str) -> str:
 # --------------------------------------------------------------------------------------- decoding
 
 
+def _skip_kind(exc: Exception) -> str:
+    """The skip kind of a decoder error (every decode path maps errors the same way)."""
+    if isinstance(exc, ImageTooLargeError):
+        return "too_large"
+    if isinstance(exc, UnsupportedImageError):
+        return "not_image"
+    if not isinstance(exc, ImageDecodeError):  # a decoder bug on one object must not fail the epoch
+        logger.error("unexpected error decoding an image; counted as corrupt", exc_info=exc)
+    return "corrupt"
+
+
 def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray | None, str | None]:
     """Decode ``data`` into ``count`` random crops -> (uint8 (count, 3, c, c), None), or (None, skip kind).
     Never raises."""
@@ -177,15 +199,8 @@ def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, 
         return None, "empty"
     try:
         crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits)
-    except ImageTooLargeError:
-        return None, "too_large"
-    except UnsupportedImageError:
-        return None, "not_image"
-    except ImageDecodeError:
-        return None, "corrupt"
-    except Exception:  # noqa: BLE001 - a decoder bug on one object must not fail the epoch
-        logger.exception("unexpected error decoding an image; counted as corrupt")
-        return None, "corrupt"
+    except Exception as exc:  # noqa: BLE001
+        return None, _skip_kind(exc)
     if crops is None:
         return None, "too_small"
     return crops, None
@@ -236,6 +251,31 @@ def decode_and_crop(
     return {"gt": np.concatenate(crops) if crops else empty}, skips
 
 
+def decode_and_crop_on(
+    batch: dict[str, np.ndarray],
+    *,
+    crop_size: int,
+    crops_per_image: int,
+    rng: np.random.Generator,
+    limits: ImageLimits,
+    device: str | torch.device,
+) -> tuple[Tensor, SkipList]:
+    """:func:`decode_and_crop` with the JPEGs decoded on ``device`` (``data.decode_device: cuda``; the
+    same code runs on the CPU in tests): -> (uint8 (K, 3, c, c) on ``device``, skips). The same crop
+    positions for the same ``rng`` and the same skip kinds (see :func:`decode_random_crops_on`)."""
+    blobs = [bytes(data) for data in batch["bytes"]]
+    results = decode_random_crops_on(blobs, crop_size=crop_size, count=crops_per_image, rng=rng, device=device, limits=limits)
+    crops: list[Tensor] = []
+    skips: SkipList = []
+    for data, path, result in zip(blobs, batch["path"], results):
+        if isinstance(result, Tensor):
+            crops.append(result)
+        else:  # empty first, as the CPU path checks it before decoding
+            skips.append(("empty" if not data else "too_small" if result is None else _skip_kind(result), str(path)))
+    empty = torch.zeros((0, 3, crop_size, crop_size), dtype=torch.uint8, device=device)
+    return (torch.cat(crops) if crops else empty), skips
+
+
 # --------------------------------------------------------------------------------------- skip counting
 
 
@@ -272,12 +312,15 @@ def empty_skip_summary() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PackSummary:
-    """What :func:`pack_images` wrote."""
+    """What :func:`pack_images` wrote: ``bytes`` stored in the image column(s) (the objects' own bytes,
+    or the decoded pixels of ``raw-uint8``), against ``input_bytes`` read."""
 
     images: int
     shards: int
     bytes: int
     output: str
+    format: str = "encoded"
+    input_bytes: int = 0
 
 
 def _same_or_inside(inner: str, outer: str) -> bool:
@@ -328,6 +371,78 @@ def _write_shard(fs: pafs.FileSystem, path: str, keys: list[str], blobs: list[by
     )
 
 
+def _decode_raw(data: bytes, limits: ImageLimits) -> tuple[int, int, bytes, str | None]:
+    """One object as a raw-uint8 row: (height, width, (H, W, 3) RGB bytes, None), or (0, 0, b"", skip kind).
+    Orientation, alpha and grey are resolved here, exactly as the training decoder resolves them."""
+    if len(data) == 0:
+        return 0, 0, b"", "empty"
+    try:
+        rgb = decode_rgb_uint8(data, limits=limits)  # (H, W, 3) uint8 view
+    except Exception as exc:  # noqa: BLE001
+        return 0, 0, b"", _skip_kind(exc)
+    return rgb.shape[0], rgb.shape[1], np.ascontiguousarray(rgb).tobytes(), None
+
+
+def _write_raw_shard(fs: pafs.FileSystem, path: str, keys: list[str], rows: list[tuple[int, int, bytes, str | None]]) -> None:
+    heights, widths, pixels, skips = zip(*rows)
+    table = pa.table(
+        {"path": pa.array(keys, pa.string()), "height": pa.array(heights, pa.int32()), "width": pa.array(widths, pa.int32()),
+         "pixels": pa.array(pixels, pa.binary()), "skip": pa.array(skips, pa.string())},
+    ).replace_schema_metadata(RAW_METADATA)
+    # Photos' pixels barely compress, and a codec would cost the CPU time this format exists to save.
+    # Small row groups: a reader holds one in memory (64 ImageNet images are about 36 MB).
+    pq.write_table(table, path, filesystem=fs, compression={"path": "snappy", "height": "snappy", "width": "snappy",
+                   "pixels": "none", "skip": "snappy"}, use_dictionary=False, row_group_size=64)
+
+
+def _split_by_bytes(rows: list, sizes: list[int]) -> list[tuple[int, int]]:
+    """[start, end) ranges of ``rows`` of at most :data:`MAX_SHARD_BYTES` each (at least one row each)."""
+    ranges, start, size = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and size + n > MAX_SHARD_BYTES:
+            ranges.append((start, i))
+            start, size = i, 0
+        size += n
+    ranges.append((start, len(rows)))
+    return ranges
+
+
+def shard_format(fs: pafs.FileSystem, shard: str) -> str:
+    """``raw-uint8`` or ``encoded``, from a shard's schema (its footer only is read)."""
+    schema = pq.read_schema(shard, filesystem=fs)
+    return "raw-uint8" if (schema.metadata or {}).get(b"srgan.format") == b"raw-uint8" else "encoded"
+
+
+def crop_raw_table(table: pa.Table, *, crop_size: int, crops_per_image: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], SkipList]:
+    """:func:`decode_and_crop` for a batch of ``raw-uint8`` rows (a pyarrow table): no decoding, only the
+    windows are copied, straight out of Arrow's buffers. Skips: the kind recorded at packing, or
+    ``too_small`` (the crop size is a training choice). Positions are drawn as the decoders draw them."""
+    crops: list[np.ndarray] = []
+    skips: SkipList = []
+    paths, heights, widths, kinds = (table.column(c).to_pylist() for c in ("path", "height", "width", "skip"))
+    views = (view for chunk in table.column("pixels").chunks for view in _binary_views(chunk))
+    for path, height, width, kind, view in zip(paths, heights, widths, kinds, views):
+        if kind is not None:
+            skips.append((kind, path))
+            continue
+        windows = random_windows(view.reshape(height, width, 3), crop_size, crops_per_image, rng)
+        if windows is None:
+            skips.append(("too_small", path))
+            continue
+        crops.append(windows)
+    empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
+    return {"gt": np.concatenate(crops) if crops else empty}, skips
+
+
+def _binary_views(chunk: pa.BinaryArray) -> Iterable[np.ndarray]:
+    """Each value of a binary array as a read-only uint8 view of Arrow's data buffer (no copy)."""
+    _, offsets_buf, data_buf = chunk.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        yield data[start:end]
+
+
 def pack_images(
     input_uri: str,
     output_uri: str,
@@ -337,14 +452,21 @@ def pack_images(
     seed: int = 0,
     threads: int = 16,
     progress: Callable[[str], None] | None = None,
+    format: str = "encoded",
+    limits: ImageLimits = ImageLimits(),
 ) -> PackSummary:
     """Pack every image file under ``input_uri`` into Parquet shards ``part-00000.parquet``, ... under ``output_uri``.
 
-    Columns: ``path`` (string, key relative to ``input_uri``) and ``image`` (binary, the object's bytes as
-    stored: bad objects are packed too, and training skips and counts them as from the raw prefix). The
-    files are packed in a ``seed``-shuffled order so every shard mixes the whole dataset (a sorted
+    ``encoded`` columns: ``path`` (string, key relative to ``input_uri``) and ``image`` (binary, the
+    object's bytes as stored: bad objects are packed too, and training skips and counts them as from the
+    raw prefix). ``raw-uint8`` decodes once, here: ``path``, ``height``, ``width``, ``pixels`` (binary,
+    (H, W, 3) RGB uint8, orientation applied) and ``skip`` (the skip kind of a bad object, else null;
+    ``limits`` decide ``too_large``); training then only cuts windows (docs/performance.md has its cost).
+    The files are packed in a ``seed``-shuffled order so every shard mixes the whole dataset (a sorted
     ImageNet listing would put one class per shard). ``progress`` receives a line after listing and one per shard.
     """
+    if format not in PACK_FORMATS:
+        raise UserError(f"format must be one of {', '.join(PACK_FORMATS)}, got {format!r}")
     if images_per_shard < 1:
         raise UserError(f"images per shard must be >= 1, got {images_per_shard}")
     if threads < 1:
@@ -363,18 +485,33 @@ def pack_images(
     plan = _plan_shards(images, images_per_shard)
     report = progress or (lambda line: None)
     report(f"found {len(images)} images under {input_uri}; writing {len(plan)} shards")
-    total_bytes = done = 0
+    total_bytes = input_bytes = done = written = 0
+
+    def write(name: str, keys: list[str], rows: list) -> None:
+        try:
+            if format == "encoded":
+                _write_shard(out_fs, f"{out_path}/{name}", keys, rows)
+            else:
+                _write_raw_shard(out_fs, f"{out_path}/{name}", keys, rows)
+        except OSError as exc:
+            raise UserError(f"cannot write {output_uri}/{name}: {exc}") from None
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for index, shard in enumerate(plan):
+        for shard in plan:
             blobs = _read_all(in_fs, [i.path for i in shard], pool)
             keys = [relative_key(i.path, in_root) for i in shard]
-            name = f"part-{index:05d}.parquet"
-            try:
-                _write_shard(out_fs, f"{out_path}/{name}", keys, blobs)
-            except OSError as exc:
-                raise UserError(f"cannot write {output_uri}/{name}: {exc}") from None
-            shard_bytes = sum(map(len, blobs))
-            done += len(shard)
-            total_bytes += shard_bytes
-            report(f"{name}: {len(shard)} images, {shard_bytes / 1e6:.1f} MB ({done}/{len(images)})")
-    return PackSummary(images=len(images), shards=len(plan), bytes=total_bytes, output=output_uri)
+            input_bytes += sum(map(len, blobs))
+            if format == "encoded":
+                rows, sizes = blobs, [len(b) for b in blobs]
+            else:  # PIL releases the GIL while it decodes: the pool decodes in parallel
+                rows = list(pool.map(lambda data: _decode_raw(data, limits), blobs))
+                sizes = [len(r[2]) for r in rows]
+            for start, end in _split_by_bytes(rows, sizes):  # decoded pixels can outgrow the 1 GiB cap
+                name = f"part-{written:05d}.parquet"
+                write(name, keys[start:end], rows[start:end])
+                shard_bytes = sum(sizes[start:end])
+                written += 1
+                done += end - start
+                total_bytes += shard_bytes
+                report(f"{name}: {end - start} images, {shard_bytes / 1e6:.1f} MB ({done}/{len(images)})")
+    return PackSummary(images=len(images), shards=written, bytes=total_bytes, output=output_uri, format=format, input_bytes=input_bytes)

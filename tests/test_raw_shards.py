@@ -1,0 +1,94 @@
+"""Pre-decoded ``raw-uint8`` shards (``pipelines/prepare.py --format raw-uint8``): decoded once at packing,
+then training only cuts windows. Crops and skips must be those of decoding the objects themselves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from srgan.core.images import ImageLimits, decode_rgb_uint8
+from srgan.errors import UserError
+from srgan.io.datasets import crop_raw_table, decode_and_crop, pack_images, shard_format
+
+
+def write_tree(root: Path, photos_dir: Path, datasets_dir: Path) -> dict[str, bytes]:
+    """Real photos (PNG RGB and grey, JPEG, EXIF-rotated JPEG, a 78x78 PNG) and bad objects."""
+    chelsea = Image.open(photos_dir / "chelsea.png").convert("RGB")
+    exif = chelsea.getexif()
+    exif[0x0112] = 8
+    buf = io.BytesIO()
+    chelsea.save(buf, format="JPEG", quality=90, exif=exif)
+    rocket = (photos_dir / "rocket.jpg").read_bytes()
+    files = {
+        "astronaut.png": (photos_dir / "astronaut.png").read_bytes(),
+        "n01/camera.png": (photos_dir / "camera.png").read_bytes(),
+        "n01/rocket.JPEG": rocket,
+        "n02/chelsea-rot8.jpg": buf.getvalue(),
+        "n02/t20.png": (datasets_dir / "train" / "T91" / "t20.png").read_bytes(),
+        "bad/truncated.jpg": rocket[: len(rocket) // 2],
+        "bad/empty.jpg": b"",
+        "bad/notes.jpg": b"not a picture\n",
+    }
+    for key, data in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+    return files
+
+
+def test_raw_shards_crop_like_decoding_the_objects(tmp_path, photos_dir, datasets_dir):
+    files = write_tree(tmp_path / "src", photos_dir, datasets_dir)
+    summary = pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8", images_per_shard=5)
+    shards = sorted((tmp_path / "raw").glob("*.parquet"))
+    assert [p.name for p in shards] == ["part-00000.parquet", "part-00001.parquet"] and summary.shards == 2
+    assert all(shard_format(pafs.LocalFileSystem(), str(p)) == "raw-uint8" for p in shards)
+    # The storage cost, as the summary states it: every good image's pixels, against the files read.
+    pixels = {k: decode_rgb_uint8(v) for k, v in files.items() if k in ("astronaut.png", "n01/camera.png", "n01/rocket.JPEG",
+                                                                        "n02/chelsea-rot8.jpg", "n02/t20.png")}
+    assert summary.bytes == sum(a.size for a in pixels.values()) and summary.input_bytes == sum(map(len, files.values()))
+
+    for crop_size, count, seed in ((64, 2, 0), (96, 1, 5)):
+        for shard in shards:
+            table = pq.read_table(shard)
+            keys = table.column("path").to_pylist()
+            out, skips = crop_raw_table(table, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed))
+            batch = {"bytes": np.array([files[k] for k in keys], dtype=object), "path": np.array(keys, dtype=object)}
+            ref, ref_skips = decode_and_crop(batch, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed), limits=ImageLimits())
+            assert skips == ref_skips  # kinds recorded at packing (and too_small at training) = the decoder's
+            assert out["gt"].dtype == np.uint8 and np.array_equal(out["gt"], ref["gt"])  # same positions, same pixels
+    all_skips = {}
+    for shard in shards:
+        all_skips |= {path: kind for kind, path in crop_raw_table(pq.read_table(shard), crop_size=96, crops_per_image=1, rng=np.random.default_rng())[1]}
+    assert all_skips == {"bad/truncated.jpg": "corrupt", "bad/empty.jpg": "empty", "bad/notes.jpg": "not_image", "n02/t20.png": "too_small"}
+
+
+def test_raw_rows_hold_the_oriented_pixels_and_the_packing_limits(tmp_path, photos_dir, datasets_dir):
+    files = write_tree(tmp_path / "src", photos_dir, datasets_dir)
+    pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8", limits=ImageLimits(max_pixels=270_000))
+    rows = {r["path"]: r for r in pq.read_table(tmp_path / "raw" / "part-00000.parquet").to_pylist()}
+    rotated = rows["n02/chelsea-rot8.jpg"]
+    assert (rotated["height"], rotated["width"]) == (451, 300)  # stored 451 x 300, shown 300 x 451
+    assert rotated["pixels"] == np.ascontiguousarray(decode_rgb_uint8(files["n02/chelsea-rot8.jpg"])).tobytes()
+    assert rows["n01/rocket.JPEG"]["skip"] == "too_large" and rows["n01/rocket.JPEG"]["pixels"] == b""  # 273 280 pixels
+    assert rows["astronaut.png"]["skip"] is None
+
+
+def test_unknown_format_is_refused(tmp_path, photos_dir, datasets_dir):
+    write_tree(tmp_path / "src", photos_dir, datasets_dir)
+    with pytest.raises(UserError, match="format must be one of encoded, raw-uint8"):
+        pack_images(str(tmp_path / "src"), str(tmp_path / "out"), format="png")
+
+
+def test_prepare_cli_packs_raw_shards(cli, tmp_path, photos_dir, datasets_dir):
+    files = write_tree(tmp_path / "src", photos_dir, datasets_dir)
+    proc = cli("prepare", "--input", str(tmp_path / "src"), "--output", str(tmp_path / "raw"), "--format", "raw-uint8")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith(f"decoded {sum(map(len, files.values()))} encoded bytes into ")
+    assert lines[-1].startswith("packed 8 images (") and lines[-1].endswith(f"into 1 shards under {tmp_path / 'raw'}")
+    assert shard_format(pafs.LocalFileSystem(), str(tmp_path / "raw" / "part-00000.parquet")) == "raw-uint8"
