@@ -168,6 +168,11 @@ class DataConfig:
     crops_per_image: PositiveInt = 1  # >1 amortises decoding; crops of one image are spread by a shuffle buffer
     val_max_images: Int = 0  # 0 = all validation images
     s3_endpoint: str | None = None  # overrides AWS_ENDPOINT_URL for every s3:// URI
+    # Where encoded images are decoded: cpu (Ray Data tasks) or cuda (Ray Data ships bytes; each Train
+    # worker decodes its JPEG batches with nvjpeg and crops on the GPU; other formats fall back to its
+    # CPU). raw-uint8 shards are never decoded: Ray Data only cuts their crops.
+    decode_device: Literal["cpu", "cuda"] = "cpu"
+    prefetch_batches: NonNegativeInt = 4  # batches Ray Data's iterator prepares (and copies to the device) ahead of the loop
 
 
 @dataclass(frozen=True, config=OPTIONS)
@@ -182,6 +187,7 @@ class TrainConfig:
     keep_checkpoints: PositiveInt = 3  # best K by validation PSNR
     bf16: StrictBool = False  # bf16 autocast for the forward pass (meant for CUDA; also runs on CPU)
     channels_last: StrictBool = False
+    compile: StrictBool = False  # torch.compile of G (and D in the srgan phase); the first steps pay for compiling
     ema_decay: Annotated[Float, Field(ge=0, lt=1)] = 0.0  # 0 = no EMA; e.g. 0.999 keeps an EMA of net_g used for validation and export
     time_limit_min: NonNegativeFloat = 0.0  # 0 = none; else stop (validate, checkpoint) at the first log step past it
     seed: Int = 0
@@ -203,6 +209,7 @@ class RunSettings:
     workers: PositiveInt = 1  # Ray Train workers (one per GPU with --gpu)
     gpu: StrictBool = False
     cpus_per_worker: NonNegativeFloat = 0.0  # 0 = automatic (fractional on small CPU machines so Ray Data can run)
+    torch_threads: NonNegativeInt = 0  # torch intra-op threads per Train worker; 0 = its whole CPUs, at least 1
     max_failures: NonNegativeInt = 3  # worker failures Ray Train recovers from (restart from the last checkpoint)
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
     experiment: str = "srgan"
@@ -227,6 +234,8 @@ class Config:
         scale, crop = self.model.scale, self.data.crop_size
         if crop < 16 or crop % scale:
             raise ConfigError(f"data.crop_size must be >= 16 and a multiple of the scale ({scale}), got {crop}")
+        if self.data.decode_device == "cuda" and not self.run.gpu:
+            raise ConfigError("data.decode_device: cuda needs GPU workers (--gpu / run.gpu: true)")
         if self.train.batch_size % self.run.workers:
             raise ConfigError(f"train.batch_size ({self.train.batch_size}) must be divisible by run.workers ({self.run.workers})")
         return self

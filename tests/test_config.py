@@ -71,6 +71,11 @@ def test_overrides_do_not_mutate():
         ({"run": {"max_failures": -1}}, "run.max_failures must be >= 0, got -1"),
         ({"train": {"ema_decay": 1}}, "train.ema_decay must be < 1, got 1"),
         ({"train": []}, "config section 'train' must be a mapping, got list"),
+        ({"data": {"decode_device": "gpu"}}, "data.decode_device must be one of 'cpu' or 'cuda', got 'gpu'"),
+        ({"data": {"decode_device": "cuda"}}, "data.decode_device: cuda needs GPU workers"),
+        ({"data": {"prefetch_batches": -1}}, "data.prefetch_batches must be >= 0"),
+        ({"train": {"compile": "yes"}}, "train.compile must be true or false, got 'yes'"),
+        ({"run": {"torch_threads": 1.5}}, "run.torch_threads must be an integer, got 1.5"),
     ],
 )
 def test_bad_values_are_one_line_errors(values, match):
@@ -131,3 +136,10 @@ def test_config_is_frozen_and_replace_revalidates():
     assert moved.data.train == "/abs/train" and moved.model == cfg.model and config_from_dict(moved.to_dict()) == moved
     with pytest.raises(ConfigError, match="divisible by run.workers"):
         dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, workers=3))
+
+
+def test_throughput_options_default_off_and_set_from_the_command_line():
+    cfg = build_config(None, {}, [])
+    assert (cfg.data.decode_device, cfg.data.prefetch_batches, cfg.train.compile, cfg.run.torch_threads) == ("cpu", 4, False, 0)
+    cfg = build_config(None, {"gpu": True}, ["data.decode_device=cuda", "data.prefetch_batches=8", "train.compile=true", "run.torch_threads=2"])
+    assert (cfg.data.decode_device, cfg.data.prefetch_batches, cfg.train.compile, cfg.run.torch_threads) == ("cuda", 8, True, 2)

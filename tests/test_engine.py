@@ -9,7 +9,7 @@ import torch
 from conftest import load_photo
 from srgan.config import config_from_dict
 from srgan.core.degrade import degrade
-from srgan.core.engine import comparison_grid, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step, validate
+from srgan.core.engine import DeviceMeans, comparison_grid, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step, validate
 from srgan.core.models import SRResNet
 from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
 
@@ -35,7 +35,7 @@ def test_srresnet_step_learns():
     net = SRResNet(num_blocks=1, num_features=16, bicubic_skip=True)
     opt = make_optimizer(net, cfg.optim)
     batch = _crops()
-    losses = [srresnet_step(net, opt, batch, config=cfg.step)["loss"] for _ in range(30)]
+    losses = [float(srresnet_step(net, opt, batch, config=cfg.step)["loss"]) for _ in range(30)]
     # Windows, not single steps: the mean of the last 5 against the first 5, on one fixed batch.
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 
@@ -117,5 +117,44 @@ def test_bf16_autocast_and_channels_last_step_runs_and_learns():
     net = SRResNet(num_blocks=1, num_features=16, bicubic_skip=True).to(memory_format=torch.channels_last)
     opt = make_optimizer(net, cfg.optim)
     batch = _crops()
-    losses = [srresnet_step(net, opt, batch, config=cfg.step)["loss"] for _ in range(30)]
+    losses = [float(srresnet_step(net, opt, batch, config=cfg.step)["loss"]) for _ in range(30)]
     assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_device_means_average_the_steps_losses_without_reading_them():
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"num_blocks": 1, "num_features": 8}, "data": {"crop_size": 32}})
+    net = SRResNet(num_blocks=1, num_features=8)
+    opt = make_optimizer(net, cfg.optim)
+    means, seen = DeviceMeans(), []
+    for _ in range(3):
+        out = srresnet_step(net, opt, _crops(), config=cfg.step)
+        assert isinstance(out["loss"], torch.Tensor) and out["loss"].ndim == 0 and not out["loss"].requires_grad
+        means.add(out)
+        seen.append(float(out["loss"]))
+    assert means.keys == ["loss"] and means.count == 3 and means.sums().shape == (1,)
+    assert float(means.sums()[0]) / means.count == pytest.approx(np.mean(seen), rel=1e-6)
+    means.reset()
+    with pytest.raises(RuntimeError, match="no values"):
+        means.sums()
+
+
+@pytest.mark.gpu
+def test_steps_do_not_synchronise_with_the_host():
+    """CUDA's sync debug mode raises on any device-to-host synchronisation: an SRResNet step, the EMA
+    update and the loss sums must run without one (losses are read at log steps only)."""
+    torch.manual_seed(0)
+    cfg = config_from_dict({"model": {"num_blocks": 2, "num_features": 16}, "data": {"crop_size": 32}})
+    net = SRResNet(num_blocks=2, num_features=16).cuda()
+    opt, ema, means = make_optimizer(net, cfg.optim), make_ema(net), DeviceMeans()
+    batch = _crops().cuda()
+    srresnet_step(net, opt, batch, config=cfg.step)  # warm-up: lazy initialisations may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            means.add(srresnet_step(net, opt, batch, config=cfg.step))
+            ema_update(ema, net, 0.999)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert np.isfinite(float(means.sums()[0]))

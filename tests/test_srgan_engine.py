@@ -50,6 +50,9 @@ def test_srgan_step_updates_both_and_freezes_d_in_the_g_step():
     out = srgan_step(net_g, net_d, opt_g, opt_d, _crops(), content_loss=content, config=cfg.step)
     for h in hooks:
         h.remove()
+    # Detached device tensors (read by the caller at log steps only), not floats synced every step.
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in out.values())
+    out = {k: float(v) for k, v in out.items()}
     assert set(out) == {"loss_g", "loss_g_content", "loss_g_adversarial", "loss_d", "d_real", "d_fake"}
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values())
     assert 0 < out["d_real"] < 1 and 0 < out["d_fake"] < 1
@@ -73,7 +76,8 @@ def test_discriminator_learns_to_separate_real_from_generated():
     net_g, net_d, _, opt_d, content = _models(cfg)
     frozen_g = torch.optim.Adam(net_g.parameters(), lr=0.0)  # G's step runs but moves nothing
     g0 = [p.detach().clone() for p in net_g.parameters()]
-    outs = [srgan_step(net_g, net_d, frozen_g, opt_d, _crops(offset=i % 3), content_loss=content, config=cfg.step) for i in range(30)]
+    outs = [{k: float(v) for k, v in srgan_step(net_g, net_d, frozen_g, opt_d, _crops(offset=i % 3), content_loss=content, config=cfg.step).items()}
+            for i in range(30)]
     assert all(torch.equal(p, q) for p, q in zip(net_g.parameters(), g0))  # (BN statistics still move)
     tail = outs[-10:]
     mean = lambda key: sum(o[key] for o in tail) / len(tail)  # noqa: E731

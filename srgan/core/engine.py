@@ -43,6 +43,8 @@ __all__ = [
     "ValidationResult",
     "comparison_grid",
     "unwrap",
+    "DeviceMeans",
+    "compile_module",
 ]
 
 
@@ -84,6 +86,19 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+def _without_ddp(module: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper, keeping a torch.compile wrapper (the frozen-D forward of the G
+    step then runs compiled too)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def compile_module(net: nn.Module) -> nn.Module:
+    """``torch.compile`` of a network (``train.compile``), before DDP wraps it: DDP then hooks the same
+    parameters, :func:`unwrap` still finds the plain module (checkpoints keep their keys), and the EMA
+    and validation copies stay eager (validation images change shape, which would recompile)."""
+    return torch.compile(net)
+
+
 def make_pair(gt_u8: Tensor, scale: int) -> tuple[Tensor, Tensor]:
     """uint8 HR crops (N, 3, H, W) -> (``lq`` [0, 1] (N, 3, H/s, W/s), ``gt`` [-1, 1] (N, 3, H, W))."""
     lq = uint8_to_unit(degrade(gt_u8, scale))
@@ -107,8 +122,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Tensor, *, config: StepConfig) -> dict[str, float]:
-    """One MSE step on a batch of uint8 HR crops; returns the loss (a float, synced to the CPU)."""
+def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Tensor, *, config: StepConfig) -> dict[str, Tensor]:
+    """One MSE step on a batch of uint8 HR crops; returns the loss as a detached 0-d tensor on the
+    device. Nothing here waits for the device: the host queues the next step while this one runs, and
+    the caller reads losses at log steps only (:class:`DeviceMeans`)."""
     lq, gt = make_pair(gt_u8, config.scale)
     if config.channels_last:
         lq = lq.contiguous(memory_format=torch.channels_last)
@@ -118,7 +135,7 @@ def srresnet_step(net_g: nn.Module, optimizer: torch.optim.Optimizer, gt_u8: Ten
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"loss": float(loss.detach())}
+    return {"loss": loss.detach()}
 
 
 def set_requires_grad(net: nn.Module, flag: bool) -> None:
@@ -139,15 +156,16 @@ def srgan_step(
     *,
     content_loss: VGGContentLoss,
     config: StepConfig,
-) -> dict[str, float]:
+) -> dict[str, Tensor]:
     """One SRGAN iteration on uint8 HR crops: a D step (real vs generated), then a G step with D frozen.
 
     DDP: ``net_d`` is called through its wrapper only in the D step (two forwards, one backward, so
     every D parameter gets its gradient once and DDP's all-reduce completes). The G step calls the
     plain module inside with D's parameters frozen: D gets no gradient and no all-reduce is expected,
     while the gradient flows through D into ``sr`` and G's DDP all-reduce runs as usual.
-    Returns floats synced to the CPU: G's total/content/adversarial losses, D's loss, and the mean
-    probabilities D(x) (real) and D(G(z)) (generated, before this step's D update).
+    Returns detached 0-d tensors on the device (no host synchronisation): G's total/content/adversarial
+    losses, D's loss, and the mean probabilities D(x) (real) and D(G(z)) (generated, before this step's
+    D update).
     """
     lq, gt = make_pair(gt_u8, config.scale)  # (N, 3, h, w) [0, 1], (N, 3, H, W) [-1, 1]
     if config.channels_last:
@@ -167,7 +185,7 @@ def srgan_step(
     opt_d.step()
 
     # G step: content (VGG) + 1e-3 x adversarial through the frozen, unwrapped D.
-    frozen_d = unwrap(net_d)
+    frozen_d = _without_ddp(net_d)
     set_requires_grad(frozen_d, False)
     with autocast:
         terms = perceptual_loss(sr.float(), gt, frozen_d(sr).float(), content_loss=content_loss, config=config.loss)
@@ -184,7 +202,35 @@ def srgan_step(
         "d_real": torch.sigmoid(real_logits).mean(),
         "d_fake": torch.sigmoid(fake_logits).mean(),
     }
-    return {k: float(v.detach()) for k, v in out.items()}
+    return {k: v.detach() for k, v in out.items()}
+
+
+class DeviceMeans:
+    """Running sums of the steps' losses, kept on their device.
+
+    ``add`` queues one small kernel and never waits for the device; ``sums`` hands back the (K,) sums
+    for the caller to all-reduce and read once per log line. Keys are fixed by the first ``add``."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._sums: Tensor | None = None  # (K,) float32, on the losses' device
+        self.count = 0
+
+    def add(self, values: dict[str, Tensor]) -> None:
+        if self._sums is None:
+            self.keys = sorted(values)
+        v = torch.stack([values[k].float() for k in self.keys])  # (K,)
+        self._sums = v if self._sums is None else self._sums + v
+        self.count += 1
+
+    def sums(self) -> Tensor:
+        """(K,) sums since the last :meth:`reset`, still on the device."""
+        if self._sums is None:
+            raise RuntimeError("no values added since the last reset")
+        return self._sums
+
+    def reset(self) -> None:
+        self._sums, self.count = None, 0
 
 
 def make_ema(net: nn.Module) -> nn.Module:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -37,7 +38,9 @@ import torch
 
 from srgan.core.checkpoint import save_generator, state_fingerprint
 from srgan.config import Config, config_from_dict, flatten
-from srgan.core.engine import cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, unwrap, validate
+from srgan.core.engine import (
+    DeviceMeans, compile_module, cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, validate,
+)
 from srgan.core.models import build_discriminator, build_generator
 from srgan.distributed.cluster import init_ray
 from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
@@ -97,13 +100,13 @@ def _build_nets(config: Config, device: torch.device, init_from: str, tracking_u
     if config.train.channels_last:
         net_g = net_g.to(memory_format=torch.channels_last)
         net_d = net_d.to(memory_format=torch.channels_last) if net_d is not None else None
-    return Nets(
-        net_g=net_g,
-        opt_g=make_optimizer(net_g, config.optim),
-        ema=make_ema(net_g) if config.train.ema_decay > 0 else None,
-        net_d=net_d,
-        opt_d=make_optimizer(net_d, config.optim) if net_d is not None else None,
-    )
+    ema = make_ema(net_g) if config.train.ema_decay > 0 else None  # eager: made before any compile
+    opt_g = make_optimizer(net_g, config.optim)
+    opt_d = make_optimizer(net_d, config.optim) if net_d is not None else None
+    if config.train.compile:  # the same parameters inside: optimisers, EMA and checkpoints see no difference
+        net_g = compile_module(net_g)
+        net_d = compile_module(net_d) if net_d is not None else None
+    return Nets(net_g=net_g, opt_g=opt_g, ema=ema, net_d=net_d, opt_d=opt_d)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -119,7 +122,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()  # RAY
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # RAY
-    print(f"[srgan] worker rank {rank}/{world} pid {os.getpid()} device {device}", flush=True)
+    threads = _set_torch_threads(loop_config.get("torch_threads", 0))
+    print(f"[srgan] worker rank {rank}/{world} pid {os.getpid()} device {device} {threads}", flush=True)
     torch.manual_seed(config.train.seed + rank)
 
     checkpoint = ray.train.get_checkpoint()  # RAY
@@ -148,19 +152,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_dir, val_degrade = _local_val_set(config) if rank == 0 else ("", False)
     per_worker = config.train.batch_size // world
     shard = ray.train.get_dataset_shard("train")  # RAY
-    shuffle_buffer = per_worker * 8 if config.data.crops_per_image > 1 else None
-    batches = cycle_batches(lambda epoch: shard.iter_torch_batches(batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=shuffle_buffer))
+    batches = cycle_batches(lambda epoch: _iter_crops(shard, config, per_worker, device, loop_config))
 
     meter = _Throughput()
     meter.reset()
+    means = DeviceMeans()  # the losses since the last log line, summed on the device
     last_val: dict[str, float] = {}
     deadline = time.monotonic() + 60 * config.train.time_limit_min if config.train.time_limit_min > 0 else None
     out_of_time = False
     while step < config.train.steps and not out_of_time:
         t0 = time.perf_counter()
-        epoch, batch = next(batches)
-        gt_u8 = batch["gt"].to(device, non_blocking=True)  # (n, 3, crop, crop) uint8
-        meter.data_wait += time.perf_counter() - t0
+        epoch, gt_u8 = next(batches)  # (n, 3, crop, crop) uint8, already on the device
+        meter.data_wait += time.perf_counter() - t0  # only the time blocked on the prefetching thread
         step += 1
         lr = lr_at(step, config.optim)
         for opt in (nets.opt_g, nets.opt_d):
@@ -172,13 +175,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             out = srresnet_step(model_g, nets.opt_g, gt_u8, config=config.step)
         if nets.ema is not None:
             ema_update(nets.ema, model_g, config.train.ema_decay)
+        means.add(out)  # queued on the device: no host synchronisation between log steps
         meter.images += gt_u8.shape[0] * world
 
         if deadline is not None and step % config.train.log_every == 0:
             out_of_time = _all_agree(time.monotonic() > deadline, world, device)
         last_step = step == config.train.steps or out_of_time
         if step % config.train.log_every == 0 or last_step:
-            losses = _mean_over_workers(out, world, device)
+            losses = _mean_over_workers(means, world)  # the one host synchronisation of a log interval
+            means.reset()
             if logger is not None:
                 ips, wait = meter.read()
                 print(f"[srgan] step {step}/{config.train.steps} epoch {epoch} {_format_losses(losses)} lr {lr:.2e} {ips:.1f} img/s data-wait {wait:.0%}", flush=True)
@@ -219,16 +224,53 @@ def _all_agree(flag: bool, world: int, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def _mean_over_workers(values: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
-    """Each value averaged over the DDP ranks (one all-reduce; keys are the same on every rank)."""
-    if world == 1:
-        return dict(values)
-    import torch.distributed as dist
+def _mean_over_workers(means: DeviceMeans, world: int) -> dict[str, float]:
+    """Each loss averaged over the steps since the last log line and over the DDP ranks: one
+    all-reduce of the device sums (the keys and step counts are the same on every rank), then one read."""
+    sums = means.sums()  # (K,) on the device
+    if world > 1:
+        import torch.distributed as dist
 
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
-    dist.all_reduce(t)
-    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
+        sums = sums.clone()
+        dist.all_reduce(sums)
+    return {k: v / (means.count * world) for k, v in zip(means.keys, sums.tolist())}
+
+
+def _set_torch_threads(requested: int) -> str:
+    """Set torch's intra-op threads to ``requested`` (when > 0); describe them and what Ray had given.
+
+    Measured on Ray 2.60 (docs/performance.md): a Train worker starts with OMP_NUM_THREADS set to
+    floor(its CPUs), at least 1 (0.5 and 1 CPU: 1 thread; 2 CPUs: 2), but only when the node's
+    environment sets none; an image or runtime_env exporting OMP_NUM_THREADS=16 gives every
+    fractional worker 16 threads on the same cores. Setting it here does not depend on that."""
+    before, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS", "unset")
+    if requested > 0:
+        torch.set_num_threads(requested)
+    return f"threads {torch.get_num_threads()} (Ray's default {before}, OMP_NUM_THREADS {omp})"
+
+
+def _iter_crops(shard, config: Config, per_worker: int, device: torch.device, loop_config: dict[str, Any]):
+    """One epoch of uint8 HR crop batches (per_worker, 3, c, c) on ``device``.
+
+    Ray Data's iterator prefetches ``data.prefetch_batches`` batches on its own thread and copies
+    them to the device there (from pinned memory on CUDA), so the loop only blocks when ingest is
+    behind. With ``data.decode_device: cuda`` the shard holds encoded bytes and the crops are decoded
+    here, on the GPU (:func:`srgan.distributed.ingest.iter_device_crops`)."""
+    if loop_config.get("worker_decodes"):
+        from srgan.distributed.ingest import iter_device_crops
+
+        yield from iter_device_crops(
+            shard, crop_size=config.data.crop_size, crops_per_image=config.data.crops_per_image, batch_size=per_worker,
+            device=device, prefetch_batches=config.data.prefetch_batches, skip_counter_name=loop_config["skip_counter"],
+        )
+        return
+    # crops_per_image > 1: an image's crops are adjacent rows; a local shuffle buffer spreads them over batches.
+    shuffle_buffer = per_worker * 8 if config.data.crops_per_image > 1 else None
+    for batch in shard.iter_torch_batches(  # RAY
+        batch_size=per_worker, drop_last=True, local_shuffle_buffer_size=shuffle_buffer,
+        prefetch_batches=config.data.prefetch_batches, pin_memory=device.type == "cuda", device=device,
+    ):
+        yield batch["gt"]
 
 
 def _rank0_logger(loop_config: dict[str, Any]):
@@ -337,12 +379,18 @@ def _cpus_per_worker(config: Config) -> float:
     return max(0.25, min(1.0, total / (2 * config.run.workers)))
 
 
+def _torch_threads(config: Config, cpus_per_worker: float) -> int:
+    """Intra-op threads per Train worker: ``run.torch_threads``, else the whole CPUs it holds (at least
+    one: a worker holding 0.5 CPU runs one thread, not one per core of the node)."""
+    return config.run.torch_threads or max(1, math.floor(cpus_per_worker))
+
+
 def run_training(config: Config, *, requested_init_from: str = "") -> TrainSummary:
     """Train ``config`` on Ray and register the best generator; blocks until done."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # RAY
     from ray.train.torch import TorchTrainer  # RAY
 
-    from srgan.distributed.ingest import build_train_dataset, count_skips
+    from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker
     from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -364,7 +412,9 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
         s3_endpoint=config.data.s3_endpoint,
         skip_counter_name=skip_counter,
         seed=config.train.seed,
+        decode=config.data.decode_device,
     )
+    cpus_per_worker = _cpus_per_worker(config)
     trainer = TorchTrainer(  # RAY
         train_loop_per_worker,
         train_loop_config={
@@ -373,9 +423,11 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
             "tracking_uri": tracking_uri,
             "skip_counter": skip_counter,
             "init_from": init_from,
+            "torch_threads": _torch_threads(config, cpus_per_worker),
+            "worker_decodes": decodes_on_worker(config.data.train, config.data.decode_device, s3_endpoint=config.data.s3_endpoint),
         },
         datasets={"train": dataset},
-        scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=config.run.gpu, resources_per_worker={"CPU": _cpus_per_worker(config)}),
+        scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=config.run.gpu, resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(
             name=config.run.name,
             storage_path=storage,
