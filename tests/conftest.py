@@ -42,6 +42,9 @@ os.environ.pop("RAY_AUTH_TOKEN", None)
 os.environ["RAY_AUTH_TOKEN_PATH"] = _session_ray_token()
 
 
+SESSION_AWS_KEYS = (f"AKIASRGANTEST{secrets.token_hex(4).upper()}", secrets.token_urlsafe(30))
+
+
 def _shared_datasets() -> Path:
     return Path(os.environ.get("SRGAN_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
 
@@ -102,10 +105,12 @@ def s3_server():
                 proc.kill()
                 pytest.fail("moto S3 server did not start")
             time.sleep(0.1)
+    # Fake keys (moto takes any), distinctive enough that tests/test_security.py can grep every log and
+    # MLflow record of the session for them.
     env = {
         "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": SESSION_AWS_KEYS[0],
+        "AWS_SECRET_ACCESS_KEY": SESSION_AWS_KEYS[1],
         "AWS_REGION": "us-east-1",
     }
     saved = {k: os.environ.get(k) for k in env}
