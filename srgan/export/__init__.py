@@ -13,8 +13,8 @@ exports like checkpoints, so nothing here reads storage.
   the parity check against PyTorch.
 """
 
-from srgan.export.onnx_export import ONNX_FILE, SIDECAR_FILE, ExportDependencyError, export_onnx, is_export_dir, read_sidecar
-from srgan.export.ort import OrtGenerator, load_exported, max_error
+from srgan.export.onnx_export import ONNX_FILE, SIDECAR_FILE, ExportDependencyError, export_onnx, is_export_dir, read_sidecar, record_parity
+from srgan.export.ort import OrtGenerator, load_exported, max_error, parity
 
 __all__ = ["ONNX_FILE", "SIDECAR_FILE", "ExportDependencyError", "export_onnx", "is_export_dir", "read_sidecar",
-           "OrtGenerator", "load_exported", "max_error"]
+           "OrtGenerator", "load_exported", "max_error", "parity", "record_parity"]

@@ -36,7 +36,7 @@ from srgan.core.ranges import unit_to_signed
 from srgan.errors import CheckpointError, UserError
 
 __all__ = ["ONNX_FILE", "SIDECAR_FILE", "FORMAT", "DEFAULT_OPSET", "ExportDependencyError", "require", "export_onnx",
-           "is_export_dir", "read_sidecar", "ExportableGenerator"]
+           "is_export_dir", "read_sidecar", "record_parity", "ExportableGenerator"]
 
 ONNX_FILE = "generator.onnx"
 SIDECAR_FILE = "generator.onnx.json"
@@ -191,4 +191,17 @@ def read_sidecar(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unsupported export (format={meta.get('format')!r}, format_version={meta.get('format_version')!r})")
     if not math.isfinite(meta.get("receptive_radius", float("nan"))):
         raise CheckpointError(f"{path}: no receptive_radius")
+    if meta.get("parity", {}).get("passed") is False:
+        raise CheckpointError(f"{directory} failed its parity check against PyTorch (max error {meta['parity'].get('max_abs_error')}): "
+                              "export it again, or use the checkpoint with --runtime torch")
     return meta
+
+
+def record_parity(directory: str | Path, parity: dict[str, Any]) -> None:
+    """Add the parity check's figures to the sidecar (rewritten atomically)."""
+    meta = read_sidecar(directory)
+    meta["parity"] = parity
+    path = Path(directory) / SIDECAR_FILE
+    tmp = path.with_name(SIDECAR_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from srgan.core.models import GeneratorConfig
+from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.core.models import GeneratorConfig, SRResNet
 from srgan.export.onnx_export import INPUT_NAME, ONNX_FILE, read_sidecar, require
 
-__all__ = ["OrtGenerator", "load_exported", "max_error"]
+__all__ = ["OrtGenerator", "load_exported", "max_error", "parity"]
 
 
 class OrtGenerator:
@@ -66,3 +67,13 @@ def max_error(a: Tensor, b: Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return (a.float() - b.float()).abs().max().item()
+
+
+def parity(net: SRResNet, gen: OrtGenerator, images: dict[str, Tensor], *, options: UpscalerOptions = UpscalerOptions(device="cpu")) -> dict[str, float]:
+    """Largest |torch - onnxruntime| per image, in [0, 1] units, through the same Upscaler settings.
+
+    ``images``: name -> (3, h, w) float [0, 1]. Both sides run the whole Upscaler (tiling, range
+    conversion, clamping), so this is what a user of either runtime gets.
+    """
+    torch_up, ort_up = Upscaler(net, options=options), Upscaler(gen, options=options)
+    return {name: max_error(torch_up.upscale_tensor(lq), ort_up.upscale_tensor(lq)) for name, lq in images.items()}
