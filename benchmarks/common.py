@@ -104,3 +104,130 @@ class torch_threads:
         import torch
 
         torch.set_num_threads(self.saved)
+
+
+# ----------------------------------------------------------------------------- shared by the rows
+# Imports of Ray, boto3 and torch stay inside these helpers: benchmarks/rows/gpu.py runs on a bare
+# GPU machine that has torch and PIL only, and imports this module.
+
+
+def machine() -> str:
+    """One line naming the CPU (or GPU) a figure came from."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class moto_s3:
+    """``with moto_s3() as endpoint:`` a moto S3 server on 127.0.0.1 (its own process, ended on exit),
+    with the standard AWS variables pointing at it while the block runs."""
+
+    def __enter__(self) -> str:
+        import socket
+        import subprocess
+        import sys
+
+        port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.proc.kill()
+                    raise RuntimeError("moto S3 server did not start") from None
+                time.sleep(0.1)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_REGION": "us-east-1"}
+        self.saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        return self.endpoint
+
+    def __exit__(self, *exc) -> None:
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class local_ray:
+    """``with local_ray(num_cpus=2):`` this row's own local Ray (never another engineer's cluster:
+    RAY_ADDRESS is ignored while it runs), shut down on exit. ``dashboard=True`` where Ray Train runs
+    (its placement-group cleaner polls the State API the dashboard serves)."""
+
+    def __init__(self, num_cpus: int = 2, dashboard: bool = False):
+        self.num_cpus, self.dashboard = num_cpus, dashboard
+
+    def __enter__(self):
+        import ray
+
+        self.saved_address = os.environ.pop("RAY_ADDRESS", None)
+        kwargs = {"dashboard_host": "127.0.0.1"} if self.dashboard else {}
+        ray.init(num_cpus=self.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=self.dashboard,
+                 log_to_driver=False, configure_logging=False, **kwargs)
+        if self.dashboard:  # Ray Train's workers find this cluster, not another one on the machine
+            os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+        import logging
+        import warnings
+
+        # The table is the output: Ray Data's per-dataset INFO lines and its concurrency hints are noise here.
+        for name in ("ray.data", "ray.train", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=r".*minimum number of concurrent actors.*")
+        return ray
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        if self.saved_address is not None:
+            os.environ["RAY_ADDRESS"] = self.saved_address
+
+
+def demo_generator(seed: int = 0):
+    """The demo config's generator (configs/demo_cpu.yaml: 8 blocks, 64 features, bicubic skip, x4),
+    random weights: speed does not depend on them."""
+    import torch
+
+    from srgan.core.models import GeneratorConfig, build_generator
+
+    torch.manual_seed(seed)
+    return build_generator(GeneratorConfig(num_blocks=8, num_features=64, bicubic_skip=True))
+
+
+def demo_checkpoint(folder: Path) -> str:
+    from srgan.core.checkpoint import save_generator
+
+    return str(save_generator(folder / "demo-generator", demo_generator()))
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out

@@ -38,9 +38,13 @@ def all_rows() -> dict:
     return rows
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.2f}" if x >= 0.01 or x == 0 else f"{x:.1e}"  # a payload ratio of 1e-5 is not "0.00"
+
+
 def print_table(rows: list[Row]) -> None:
     header = ("name", "this project", "baseline", "ratio", "target", "pass/fail")
-    table = [header] + [(r.name, r.project, r.baseline, f"{r.ratio:.2f}", r.target, "pass" if r.passed else "FAIL") for r in rows]
+    table = [header] + [(r.name, r.project, r.baseline, _ratio(r.ratio), r.target, "pass" if r.passed else "FAIL") for r in rows]
     widths = [max(len(t[c]) for t in table) for c in range(len(header))]
     for t in table:
         print(" | ".join(cell.ljust(widths[c]) for c, cell in enumerate(t)))

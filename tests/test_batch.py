@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from conftest import load_photo
-from srgan.distributed.bulk import (ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, actor_arguments, plan_from_listing, plan_outputs,
-                                   run_bulk_upscale)
+from srgan.distributed.bulk import (ERRORS_REPORT, TMP_SUFFIX, BulkUpscaleConfig, actor_arguments, output_key, plan_from_listing,
+                                   plan_outputs, run_bulk_upscale)
 from srgan.core.checkpoint import save_generator
 from srgan.errors import UserError
 from srgan.io.datasets import pack_images
@@ -232,3 +232,11 @@ def test_plan_outputs_skips_existing_and_reports_collisions():
     assert [(f.key, f.kind) for f in failures] == [("x/a.png", "collision")]
     todo, skipped, failures = plan_outputs(["x/a.jpg", "x/a.png", "b.bmp", "c.JPEG"], None, existing=set())
     assert todo == {"b.bmp": "b.png", "c.JPEG": "c.jpg", "x/a.jpg": "x/a.jpg", "x/a.png": "x/a.png"} and not failures
+
+
+def test_output_key_follows_splitext_rules():
+    # The fast path must agree with os.path.splitext: dot files, dotted folders, no extension.
+    cases = {"a/b.JPG": "a/b.jpg", "a.b/c": "a.b/c.png", "a/.b": "a/.b.png", "a/..b.png": "a/..b.png",
+             "dir.d/.hidden.webp": "dir.d/.hidden.webp", "x/y.bmp": "x/y.png", "t.tar.jpeg": "t.tar.jpg"}
+    assert {key: output_key(key, None) for key in cases} == cases
+    assert output_key("a.b/c", "webp") == "a.b/c.webp" and output_key("a/.b", "jpeg") == "a/.b.jpg"
