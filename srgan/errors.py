@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "ModelReferenceError",
+    "WeightsNotFoundError",
     "VGGWeightsNotFoundError",
     "ImageError",
     "ImageDecodeError",
@@ -36,8 +37,13 @@ class ModelReferenceError(CheckpointError):
     """A ``models:/`` reference that the MLflow registry cannot resolve."""
 
 
-class VGGWeightsNotFoundError(UserError, FileNotFoundError):
-    """VGG19 ImageNet weights are needed and cannot be found; the message names both ways to supply them."""
+class WeightsNotFoundError(UserError, FileNotFoundError):
+    """Pretrained weights (torchvision's ImageNet backbones) are needed and are neither in torchvision's
+    cache nor downloadable; the message names both ways to supply them."""
+
+
+class VGGWeightsNotFoundError(WeightsNotFoundError):
+    """VGG19 ImageNet weights (the content loss) cannot be found; the message names both ways to supply them."""
 
 
 class ImageError(UserError, ValueError):

@@ -1,4 +1,5 @@
-"""Losses: pixel MSE, VGG19 content loss (weights injected, never downloaded), adversarial, TV."""
+"""Losses: pixel MSE, VGG19 content loss (weights injected; the core never downloads: tests/test_weights.py
+covers filling torchvision's cache), adversarial, TV."""
 
 from __future__ import annotations
 
@@ -102,6 +103,8 @@ def test_weights_from_path_uri_and_cache(vgg_file, vgg_state, tmp_path, monkeypa
     cache.parent.mkdir(parents=True)
     cache.write_bytes(vgg_file.read_bytes())
     assert torch.equal(load_vgg19_state_dict(None)[key], vgg_state[key])
+    assert torch.equal(load_vgg19_state_dict("imagenet")[key], vgg_state[key])  # the default's name
+    assert LossConfig().vgg_weights == "imagenet"
     loss_fn = build_content_loss(LossConfig(content_layer="relu2_2"))
     assert torch.equal(loss_fn.features[0].weight, vgg_state[key])
 
@@ -134,6 +137,8 @@ def test_missing_weights_error_names_both_ways(tmp_path, monkeypatch):
     assert "vgg19-dcbb9e9d.pth" in message and str(tmp_path / "empty-cache") in message
     assert "TORCH_HOME" in message and "--vgg-weights" in message
     assert "\n" not in message
+    with pytest.raises(VGGWeightsNotFoundError, match="not found in torchvision's cache"):  # the core reads the cache, never downloads
+        load_vgg19_state_dict("imagenet")
     with pytest.raises(VGGWeightsNotFoundError, match="--vgg-weights|vgg19 state dict"):
         load_vgg19_state_dict(tmp_path / "nope.pth")
 

@@ -3,9 +3,12 @@
 All image inputs are ``sr``/``gt`` in [-1, 1] (docs/design.md). Loss weights live in
 :class:`LossConfig`, next to the losses they scale.
 
-VGG19 weights are never downloaded silently and never replaced by random weights silently:
-:func:`load_vgg19_state_dict` reads torchvision's standard cache (``$TORCH_HOME/hub/checkpoints``) or an
-explicit path/URI; ``"random"`` must be asked for by name (tests do).
+VGG19 weights are never replaced by random weights silently. :func:`load_vgg19_state_dict` reads
+``"imagenet"`` (the default: torchvision's ``VGG19_Weights.IMAGENET1K_V1``) from torchvision's cache
+(``$TORCH_HOME/hub/checkpoints``), or an explicit local path; ``"random"`` must be asked for by name
+(tests do). The core reads local files only: filling the cache (a download once per node, as
+torchvision's loader does it) and fetching remote URIs is :mod:`srgan.io.weights` and
+:func:`srgan.io.storage.fetch_weights_file`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from srgan.errors import VGGWeightsNotFoundError
 
 __all__ = [
     "LossConfig",
+    "IMAGENET",
     "VGG_LAYERS",
     "VGGWeightsNotFoundError",
     "vgg19_cache_path",
+    "is_imagenet",
     "check_vgg19_weights",
     "load_vgg19_state_dict",
     "VGGContentLoss",
@@ -48,6 +53,9 @@ VGG_LAYERS = {"relu2_2": 8, "relu5_4": 35}
 VGG_ALIASES = {"vgg22": "relu2_2", "vgg54": "relu5_4"}
 # The paper rescales VGG features by 1/12.75 so the content loss is on a scale comparable to MSE.
 VGG_FEATURE_SCALE = 1.0 / 12.75
+# The weights spec that means torchvision's VGG19_Weights.IMAGENET1K_V1 (None means the same: configs
+# written before the name existed).
+IMAGENET = "imagenet"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,7 +69,7 @@ class LossConfig:
     content_layer: str = "relu5_4"  # relu5_4 (VGG54) or relu2_2 (VGG22)
     adversarial_weight: float = 1e-3  # non-saturating -log D(G(lq))
     tv_weight: float = 0.0  # optional total variation, off in the paper
-    vgg_weights: str | None = None  # VGG19 state dict: None = torchvision's cache, a path/URI, or "random"
+    vgg_weights: str | None = IMAGENET  # VGG19 state dict: "imagenet" (torchvision's; None too), a path/URI, or "random"
 
     def __post_init__(self) -> None:
         layer = VGG_ALIASES.get(self.content_layer.lower(), self.content_layer.lower())
@@ -77,6 +85,11 @@ def vgg19_cache_path() -> Path:
     """Where torchvision caches its VGG19 ImageNet weights: ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth``."""
     filename = os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def is_imagenet(source: str | os.PathLike | None) -> bool:
+    """Whether a weights spec means torchvision's ImageNet weights (``"imagenet"``, or ``None``)."""
+    return source is None or str(source) == IMAGENET
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -99,8 +112,10 @@ def _cache_missing_message(path: Path) -> str:
 
 
 def check_vgg19_weights(source: str | os.PathLike | None = None) -> str:
-    """Check, without loading them, that the VGG19 weights ``source`` names can be found; returns a
-    one-line description. Remote URIs are checked when loaded. ``"random"`` logs a loud warning.
+    """Check, without loading them, that the VGG19 weights ``source`` names can be found locally; returns
+    a one-line description. ``"imagenet"``/``None`` must already be in torchvision's cache (this never
+    downloads: :func:`srgan.io.weights.check_vgg19_weights` does). Remote URIs are checked when fetched.
+    ``"random"`` logs a loud warning.
 
     Raises:
         VGGWeightsNotFoundError: with the message that says how to supply the weights.
@@ -108,7 +123,7 @@ def check_vgg19_weights(source: str | os.PathLike | None = None) -> str:
     if source is not None and str(source) == "random":
         log.warning("VGG19 weights: RANDOM initialisation requested; the content loss is NOT perceptual")
         return "random (NOT perceptual: for tests only)"
-    if source is None:
+    if is_imagenet(source):
         path = vgg19_cache_path()
         if not path.is_file():
             raise VGGWeightsNotFoundError(_cache_missing_message(path))
@@ -128,7 +143,8 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     """Load VGG19 ImageNet weights as a torchvision ``vgg19()`` state dict.
 
     Args:
-        source: ``None`` -> torchvision's standard cache (``TORCH_HOME``); a local file path (or
+        source: ``"imagenet"`` or ``None`` -> torchvision's cache (``TORCH_HOME``; filled by
+            :func:`srgan.io.storage.fetch_weights_file`, never here); a local file path (or
             ``file://``) of a state dict (``.pth`` or ``.safetensors``; remote URIs are fetched first
             by :func:`srgan.io.storage.fetch_weights_file`); or ``"random"`` -> returns ``None``
             (random initialisation, for tests), with a warning.
@@ -139,7 +155,7 @@ def load_vgg19_state_dict(source: str | os.PathLike | None = None) -> dict[str, 
     located = check_vgg19_weights(source)
     if source is not None and str(source) == "random":
         return None
-    if source is None:
+    if is_imagenet(source):
         return _read_state_dict(Path(located))
 
     text = str(source)

@@ -74,11 +74,23 @@ def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None) ->
 
 
 def fetch_weights_file(source: str | None) -> str | None:
-    """A weights spec with any remote URI (``s3://``, ``https://``) replaced by a local copy; ``None``
-    (torchvision's cache), ``"random"`` and local paths pass through. Used for the VGG19 weights."""
-    from srgan.errors import VGGWeightsNotFoundError
+    """The VGG19 weights spec as a local file, for :func:`srgan.core.losses.build_content_loss`.
 
-    if source is None or source == "random" or "://" not in source or source.startswith("file://"):
+    ``"imagenet"`` (or ``None``): torchvision's cached file, downloaded once per node if missing
+    (:func:`srgan.io.weights.ensure_vgg19_cached`); a remote URI (``s3://``, ``https://``): a local copy;
+    ``"random"`` and local paths pass through.
+
+    Raises:
+        VGGWeightsNotFoundError: the weights cannot be found, fetched or downloaded (one line).
+    """
+    # Imported here: they pull in torch and torchvision, which listing and reading storage never need.
+    from srgan.core.losses import is_imagenet
+    from srgan.errors import VGGWeightsNotFoundError
+    from srgan.io.weights import ensure_vgg19_cached
+
+    if is_imagenet(source):
+        return str(ensure_vgg19_cached())
+    if source == "random" or "://" not in source or source.startswith("file://"):
         return source
     try:
         path = fetch_to_local(source)
