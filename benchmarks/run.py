@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,16 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Row, Settings  # noqa: E402
 
 
-def all_rows() -> dict:
-    """Every row, in file-name order of benchmarks/rows/*.py, then each module's own order."""
+def all_rows(gpu_only: bool = False) -> tuple[dict, dict]:
+    """(every row, aliases), in file-name order of benchmarks/rows/*.py, then each module's own order.
+
+    ``gpu_only``: benchmarks/rows/gpu.py alone. It runs on a bare GPU machine with torch only, where
+    the other modules' imports (Ray, pyarrow) do not exist. A module's ``ALIASES`` maps the name of a
+    row it prints to the ROWS entry that produces it (one set-up can produce several rows)."""
     rows: dict = {}
-    for path in sorted((Path(__file__).parent / "rows").glob("[!_]*.py")):
+    aliases: dict = {}
+    for path in sorted((Path(__file__).parent / "rows").glob("gpu.py" if gpu_only else "[!_]*.py")):
         module = importlib.import_module(f"benchmarks.rows.{path.stem}")
         for name, fn in module.ROWS.items():
             if name in rows:
                 raise SystemExit(f"error: row {name!r} is defined twice (benchmarks/rows/{path.name})")
             rows[name] = fn
-    return rows
+        aliases.update(getattr(module, "ALIASES", {}))
+    return rows, aliases
 
 
 def _ratio(x: float) -> str:
@@ -61,11 +68,12 @@ def main() -> int:
     p.add_argument("--json", default=None, help="also write the rows as JSON to this path")
     p.add_argument("--repeats", type=int, default=0, help="timed repeats per side (default 3 quick, 7 full)")
     args = p.parse_args()
-    rows = all_rows()
+    rows, aliases = all_rows(gpu_only=args.gpu)
     if args.list:
-        print("\n".join(rows))
+        print("\n".join(list(rows) + [f"{alias} (with {name})" for alias, name in aliases.items()]))
         return 0
-    only = [n for n in args.only.split(",") if n] or [n for n in rows if n.startswith("gpu-") == args.gpu]
+    asked = [aliases.get(n, n) for n in args.only.split(",") if n]
+    only = list(dict.fromkeys(asked)) or [n for n in rows if n.startswith("gpu-") == args.gpu]
     unknown = sorted(set(only) - set(rows))
     if unknown:
         print(f"error: unknown row {unknown[0]!r}; `python benchmarks/run.py --list` prints the rows", file=sys.stderr)
@@ -81,7 +89,11 @@ def main() -> int:
     for name in only:
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", flush=True)
-        out = rows[name](s)
+        try:
+            out = rows[name](s)
+        except Exception as exc:  # noqa: BLE001 - one broken row is a FAIL line, the others still run
+            traceback.print_exc()
+            out = Row(name, "error", "", float("nan"), "runs", False, f"{type(exc).__name__}: {str(exc)[:300]}")
         done.extend(out if isinstance(out, list) else [out])
         print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print_table(done)
