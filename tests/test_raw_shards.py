@@ -7,14 +7,17 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from srgan.core.images import ImageLimits, decode_rgb_uint8
 from srgan.errors import UserError
-from srgan.io.datasets import crop_raw_table, decode_and_crop, pack_images, shard_format
+from srgan.io.datasets import crop_raw_shard, decode_and_crop, is_raw_source, is_parquet_source, pack_images
+
+
+def read_raw(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
 def write_tree(root: Path, photos_dir: Path, datasets_dir: Path) -> dict[str, bytes]:
@@ -44,36 +47,35 @@ def write_tree(root: Path, photos_dir: Path, datasets_dir: Path) -> dict[str, by
 def test_raw_shards_crop_like_decoding_the_objects(tmp_path, photos_dir, datasets_dir):
     files = write_tree(tmp_path / "src", photos_dir, datasets_dir)
     summary = pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8", images_per_shard=5)
-    shards = sorted((tmp_path / "raw").glob("*.parquet"))
-    assert [p.name for p in shards] == ["part-00000.parquet", "part-00001.parquet"] and summary.shards == 2
-    assert all(shard_format(pafs.LocalFileSystem(), str(p)) == "raw-uint8" for p in shards)
+    shards = sorted((tmp_path / "raw").iterdir())
+    assert [p.name for p in shards] == ["part-00000.arrow", "part-00001.arrow"] and summary.shards == 2
+    assert is_raw_source(str(tmp_path / "raw")) and not is_parquet_source(str(tmp_path / "raw")) and not is_raw_source(str(tmp_path / "src"))
     # The storage cost, as the summary states it: every good image's pixels, against the files read.
-    pixels = {k: decode_rgb_uint8(v) for k, v in files.items() if k in ("astronaut.png", "n01/camera.png", "n01/rocket.JPEG",
-                                                                        "n02/chelsea-rot8.jpg", "n02/t20.png")}
-    assert summary.bytes == sum(a.size for a in pixels.values()) and summary.input_bytes == sum(map(len, files.values()))
+    good = ("astronaut.png", "n01/camera.png", "n01/rocket.JPEG", "n02/chelsea-rot8.jpg", "n02/t20.png")
+    assert summary.bytes == sum(decode_rgb_uint8(files[k]).size for k in good) and summary.input_bytes == sum(map(len, files.values()))
 
+    all_skips = {}
     for crop_size, count, seed in ((64, 2, 0), (96, 1, 5)):
         for shard in shards:
-            table = pq.read_table(shard)
-            keys = table.column("path").to_pylist()
-            out, skips = crop_raw_table(table, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed))
+            keys = read_raw(shard).column("path").to_pylist()
+            out, skips = crop_raw_shard(shard.read_bytes(), crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed))
             batch = {"bytes": np.array([files[k] for k in keys], dtype=object), "path": np.array(keys, dtype=object)}
             ref, ref_skips = decode_and_crop(batch, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed), limits=ImageLimits())
             assert skips == ref_skips  # kinds recorded at packing (and too_small at training) = the decoder's
-            assert out["gt"].dtype == np.uint8 and np.array_equal(out["gt"], ref["gt"])  # same positions, same pixels
-    all_skips = {}
-    for shard in shards:
-        all_skips |= {path: kind for kind, path in crop_raw_table(pq.read_table(shard), crop_size=96, crops_per_image=1, rng=np.random.default_rng())[1]}
+            assert out["gt"].dtype == np.uint8 and out["gt"].flags.c_contiguous and np.array_equal(out["gt"], ref["gt"])  # same positions, same pixels
+            if crop_size == 96:
+                all_skips |= {path: kind for kind, path in skips}
     assert all_skips == {"bad/truncated.jpg": "corrupt", "bad/empty.jpg": "empty", "bad/notes.jpg": "not_image", "n02/t20.png": "too_small"}
 
 
 def test_raw_rows_hold_the_oriented_pixels_and_the_packing_limits(tmp_path, photos_dir, datasets_dir):
     files = write_tree(tmp_path / "src", photos_dir, datasets_dir)
     pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8", limits=ImageLimits(max_pixels=270_000))
-    rows = {r["path"]: r for r in pq.read_table(tmp_path / "raw" / "part-00000.parquet").to_pylist()}
+    rows = {r["path"]: r for r in read_raw(tmp_path / "raw" / "part-00000.arrow").to_pylist()}
     rotated = rows["n02/chelsea-rot8.jpg"]
     assert (rotated["height"], rotated["width"]) == (451, 300)  # stored 451 x 300, shown 300 x 451
-    assert rotated["pixels"] == np.ascontiguousarray(decode_rgb_uint8(files["n02/chelsea-rot8.jpg"])).tobytes()
+    planes = np.ascontiguousarray(decode_rgb_uint8(files["n02/chelsea-rot8.jpg"]).transpose(2, 0, 1))  # (3, H, W)
+    assert rotated["pixels"] == planes.tobytes()
     assert rows["n01/rocket.JPEG"]["skip"] == "too_large" and rows["n01/rocket.JPEG"]["pixels"] == b""  # 273 280 pixels
     assert rows["astronaut.png"]["skip"] is None
 
@@ -91,4 +93,6 @@ def test_prepare_cli_packs_raw_shards(cli, tmp_path, photos_dir, datasets_dir):
     lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith(f"decoded {sum(map(len, files.values()))} encoded bytes into ")
     assert lines[-1].startswith("packed 8 images (") and lines[-1].endswith(f"into 1 shards under {tmp_path / 'raw'}")
-    assert shard_format(pafs.LocalFileSystem(), str(tmp_path / "raw" / "part-00000.parquet")) == "raw-uint8"
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["part-00000.arrow"]
+    with pytest.raises(UserError, match="already holds"):  # a second run into the same prefix is refused
+        pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8")

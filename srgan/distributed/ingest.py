@@ -23,19 +23,19 @@ import ray
 from srgan.core.images import ImageLimits
 from srgan.errors import UserError
 from srgan.io.datasets import (
-    RAW_COLUMNS,
     SHARD_COLUMNS,
     SkipList,
     SkipTally,
-    crop_raw_table,
+    crop_raw_shard,
     decode_and_crop,
     decode_and_crop_on,
     empty_skip_summary,
     is_parquet_source,
     list_image_infos,
     list_parquet_shards,
+    list_raw_shards,
+    is_raw_source,
     relative_key,
-    shard_format,
 )
 
 __all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "decodes_on_worker", "iter_device_crops"]
@@ -108,12 +108,14 @@ def _decode_crop_batch(
     return out
 
 
-def _crop_raw_batch(table, *, crop_size: int, crops_per_image: int, counter: ray.actor.ActorHandle) -> dict[str, np.ndarray]:
-    """map_batches UDF on raw-uint8 shard rows (a pyarrow table): -> {"gt": uint8 (K, 3, c, c)}; no decoding."""
-    out, skips = crop_raw_table(table, crop_size=crop_size, crops_per_image=crops_per_image, rng=np.random.default_rng())
+def _crop_raw_batch(batch: dict[str, np.ndarray], *, crop_size: int, crops_per_image: int, counter: ray.actor.ActorHandle) -> dict[str, np.ndarray]:
+    """map_batches UDF on whole raw-uint8 shards ({"bytes": [one IPC file]}): -> {"gt": uint8 (K, 3, c, c)}; no decoding."""
+    rng = np.random.default_rng()
+    outs = [crop_raw_shard(data, crop_size=crop_size, crops_per_image=crops_per_image, rng=rng) for data in batch["bytes"]]
+    skips = [skip for _, shard_skips in outs for skip in shard_skips]
     if skips:
         ray.get(counter.add.remote(skips))
-    return out
+    return {"gt": np.concatenate([out["gt"] for out, _ in outs])}
 
 
 def _bytes_batch(batch: dict[str, np.ndarray], *, image_column: str, root: str | None) -> dict[str, np.ndarray]:
@@ -168,8 +170,8 @@ def build_train_dataset(
     A raw prefix is listed here, once; Ray then stats each listed file again. At ImageNet scale pack the
     prefix with ``pipelines/prepare.py`` instead.
 
-    ``raw-uint8`` shards (``prepare.py --format raw-uint8``) are not decoded at all: the tasks only cut
-    windows. ``decode="cuda"`` (``data.decode_device``) leaves encoded sources undecoded: rows are then
+    ``raw-uint8`` shards (``prepare.py --format raw-uint8``: ``*.arrow`` files) are not decoded at all:
+    each task reads a whole shard and only cuts windows; shards are reordered every epoch. ``decode="cuda"`` (``data.decode_device``) leaves encoded sources undecoded: rows are then
     ``{"bytes", "path"}`` and the Train worker decodes them on its GPU (:func:`iter_device_crops`).
     """
     if crop_size < 1 or crops_per_image < 1:
@@ -181,23 +183,26 @@ def build_train_dataset(
     if decode not in ("cpu", "cuda"):
         raise UserError(f"decode must be cpu or cuda, got {decode!r}")
     shuffle = _file_shuffle(seed)
-    if is_parquet_source(uri, s3_endpoint=s3_endpoint):
+    raw = is_raw_source(uri, s3_endpoint=s3_endpoint)
+    if raw:  # whole shards as bytes: the UDF opens each IPC file in place
+        fs, shards = list_raw_shards(uri, s3_endpoint=s3_endpoint)
+        ds = ray.data.read_binary_files(shards, filesystem=fs, shuffle=shuffle, num_cpus=num_cpus)
+    elif is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
-        raw = shard_format(fs, shards[0]) == "raw-uint8"
         ds = ray.data.read_parquet(shards, filesystem=fs, partitioning=None, shuffle=shuffle, num_cpus=num_cpus)
-        ds = ds.select_columns(list(RAW_COLUMNS if raw else SHARD_COLUMNS))
+        ds = ds.select_columns(list(SHARD_COLUMNS))
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
         fs, root, images = list_image_infos(uri, s3_endpoint)
         paths = [i.path for i in images]
         ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=num_cpus)
-        image_column, raw = "bytes", False
+        image_column = "bytes"
     counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
     # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
     # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
     if raw:
         return ds.map_batches(
-            _crop_raw_batch, batch_size=decode_batch_size, num_cpus=num_cpus, batch_format="pyarrow",
+            _crop_raw_batch, batch_size=1, num_cpus=num_cpus,
             fn_kwargs={"crop_size": crop_size, "crops_per_image": crops_per_image, "counter": counter},
         )
     if decode == "cuda":
@@ -224,12 +229,7 @@ def build_train_dataset(
 def decodes_on_worker(uri: str, decode: str, *, s3_endpoint: str | None = None) -> bool:
     """True if :func:`build_train_dataset` ships encoded bytes for the Train workers to decode:
     ``decode == "cuda"`` and the source is not raw-uint8 shards (those need no decoding anywhere)."""
-    if decode != "cuda":
-        return False
-    if not is_parquet_source(uri, s3_endpoint=s3_endpoint):
-        return True
-    fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
-    return shard_format(fs, shards[0]) != "raw-uint8"
+    return decode == "cuda" and not is_raw_source(uri, s3_endpoint=s3_endpoint)
 
 
 def iter_device_crops(shard, *, crop_size: int, crops_per_image: int, batch_size: int, device, prefetch_batches: int,

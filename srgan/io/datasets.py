@@ -65,8 +65,10 @@ __all__ = [
     "pack_images",
     "PACK_FORMATS",
     "RAW_COLUMNS",
-    "shard_format",
+    "is_raw_source",
+    "list_raw_shards",
     "crop_raw_table",
+    "crop_raw_shard",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ MAX_SHARD_BYTES = 1 << 30  # a shard is closed early at 1 GiB (keeps 32-bit Arro
 PACK_FORMATS = ("encoded", "raw-uint8")
 RAW_COLUMNS = ("path", "height", "width", "pixels", "skip")
 RAW_METADATA = {b"srgan.format": b"raw-uint8"}
+RAW_EXTENSION = ".arrow"  # raw-uint8 shards are Arrow IPC files: read without a decoding pass, see pack_images
+MAX_RAW_SHARD_BYTES = 256 << 20  # one raw shard is one Ray object in flight: about 450 ImageNet images
 
 SkipList = list[tuple[str, str]]
 
@@ -145,16 +149,31 @@ def list_images(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileS
     return fs, [i.path for i in images]
 
 
-def _parquet_files(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
-    """The ``*.parquet`` file ``path`` itself, or those directly under the prefix ``path`` (sorted)."""
+def _parquet_files(fs: pafs.FileSystem, path: str, uri: str, extension: str = PARQUET_EXTENSION) -> list[str]:
+    """The ``*.parquet`` (``extension``) file ``path`` itself, or those directly under the prefix ``path`` (sorted)."""
     info = _info(fs, path, uri)
     if info.type == pafs.FileType.File:
-        return [path] if path.lower().endswith(PARQUET_EXTENSION) else []
+        return [path] if path.lower().endswith(extension) else []
     if info.type != pafs.FileType.Directory:
         return []
     # Top level only: a raw ImageNet root has 1000 folders there, so this stays one cheap listing.
     files = _list_files(fs, path, uri, recursive=False)
-    return sorted(i.path for i in files if i.path.lower().endswith(PARQUET_EXTENSION))
+    return sorted(i.path for i in files if i.path.lower().endswith(extension))
+
+
+def is_raw_source(uri: str, *, s3_endpoint: str | None = None) -> bool:
+    """True if ``uri`` is a raw-uint8 shard (``.arrow``) or a prefix with such shards at its top level."""
+    fs, path = _resolve(uri, s3_endpoint)
+    return bool(_parquet_files(fs, path, uri, RAW_EXTENSION))
+
+
+def list_raw_shards(uri: str, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, list[str]]:
+    """``(filesystem, shard paths)`` of a raw-uint8 prefix (or one ``.arrow`` file); none raises :class:`UserError`."""
+    fs, path = _resolve(uri, s3_endpoint)
+    shards = _parquet_files(fs, path, uri, RAW_EXTENSION)
+    if not shards:
+        raise UserError(f"no raw-uint8 shards at {uri}: pack a prefix with pipelines/prepare.py --format raw-uint8 first")
+    return fs, shards
 
 
 def is_parquet_source(uri: str, *, s3_endpoint: str | None = None) -> bool:
@@ -332,7 +351,7 @@ def _check_output(in_fs: pafs.FileSystem, in_root: str, out_fs: pafs.FileSystem,
     """Refuse an output at or inside the input (shards would join the images they pack) or holding shards."""
     if type(in_fs) is type(out_fs) and _same_or_inside(out_path, in_root):
         raise UserError(f"the output {output_uri} is the input prefix or inside it: write the shards elsewhere")
-    if _parquet_files(out_fs, out_path, output_uri):
+    if _parquet_files(out_fs, out_path, output_uri) or _parquet_files(out_fs, out_path, output_uri, RAW_EXTENSION):
         raise UserError(f"{output_uri} already holds Parquet shards: pick an empty output prefix or delete them first")
 
 
@@ -372,15 +391,16 @@ def _write_shard(fs: pafs.FileSystem, path: str, keys: list[str], blobs: list[by
 
 
 def _decode_raw(data: bytes, limits: ImageLimits) -> tuple[int, int, bytes, str | None]:
-    """One object as a raw-uint8 row: (height, width, (H, W, 3) RGB bytes, None), or (0, 0, b"", skip kind).
-    Orientation, alpha and grey are resolved here, exactly as the training decoder resolves them."""
+    """One object as a raw-uint8 row: (height, width, (3, H, W) planar RGB bytes, None), or (0, 0, b"",
+    skip kind). Orientation, alpha and grey are resolved here, exactly as the training decoder does it;
+    planes, so that a crop is 3 x c contiguous row copies."""
     if len(data) == 0:
         return 0, 0, b"", "empty"
     try:
         rgb = decode_rgb_uint8(data, limits=limits)  # (H, W, 3) uint8 view
     except Exception as exc:  # noqa: BLE001
         return 0, 0, b"", _skip_kind(exc)
-    return rgb.shape[0], rgb.shape[1], np.ascontiguousarray(rgb).tobytes(), None
+    return rgb.shape[0], rgb.shape[1], np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes(), None
 
 
 def _write_raw_shard(fs: pafs.FileSystem, path: str, keys: list[str], rows: list[tuple[int, int, bytes, str | None]]) -> None:
@@ -389,17 +409,17 @@ def _write_raw_shard(fs: pafs.FileSystem, path: str, keys: list[str], rows: list
         {"path": pa.array(keys, pa.string()), "height": pa.array(heights, pa.int32()), "width": pa.array(widths, pa.int32()),
          "pixels": pa.array(pixels, pa.binary()), "skip": pa.array(skips, pa.string())},
     ).replace_schema_metadata(RAW_METADATA)
-    # Photos' pixels barely compress, and a codec would cost the CPU time this format exists to save.
-    # Small row groups: a reader holds one in memory (64 ImageNet images are about 36 MB).
-    pq.write_table(table, path, filesystem=fs, compression={"path": "snappy", "height": "snappy", "width": "snappy",
-                   "pixels": "none", "skip": "snappy"}, use_dictionary=False, row_group_size=64)
+    # An uncompressed Arrow IPC file: a reader maps its buffers as they are (Parquet would copy every
+    # value out of its pages: half the time of the whole read), and photos' pixels barely compress.
+    with fs.open_output_stream(path) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=64)
 
 
-def _split_by_bytes(rows: list, sizes: list[int]) -> list[tuple[int, int]]:
-    """[start, end) ranges of ``rows`` of at most :data:`MAX_SHARD_BYTES` each (at least one row each)."""
+def _split_by_bytes(rows: list, sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of ``rows`` of at most ``limit`` bytes each (at least one row each)."""
     ranges, start, size = [], 0, 0
     for i, n in enumerate(sizes):
-        if i > start and size + n > MAX_SHARD_BYTES:
+        if i > start and size + n > limit:
             ranges.append((start, i))
             start, size = i, 0
         size += n
@@ -407,31 +427,39 @@ def _split_by_bytes(rows: list, sizes: list[int]) -> list[tuple[int, int]]:
     return ranges
 
 
-def shard_format(fs: pafs.FileSystem, shard: str) -> str:
-    """``raw-uint8`` or ``encoded``, from a shard's schema (its footer only is read)."""
-    schema = pq.read_schema(shard, filesystem=fs)
-    return "raw-uint8" if (schema.metadata or {}).get(b"srgan.format") == b"raw-uint8" else "encoded"
+def crop_raw_shard(data, *, crop_size: int, crops_per_image: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], SkipList]:
+    """:func:`crop_raw_table` over a whole raw-uint8 shard given as its bytes (what Ray Data's
+    ``read_binary_files`` hands over): the IPC file is opened in place, no pixel is copied but the windows."""
+    reader = pa.ipc.open_file(pa.py_buffer(data))
+    outs = [crop_raw_table(reader.get_batch(i), crop_size=crop_size, crops_per_image=crops_per_image, rng=rng) for i in range(reader.num_record_batches)]
+    empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
+    return {"gt": np.concatenate([o["gt"] for o, _ in outs]) if outs else empty}, [skip for _, skips in outs for skip in skips]
 
 
-def crop_raw_table(table: pa.Table, *, crop_size: int, crops_per_image: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], SkipList]:
-    """:func:`decode_and_crop` for a batch of ``raw-uint8`` rows (a pyarrow table): no decoding, only the
-    windows are copied, straight out of Arrow's buffers. Skips: the kind recorded at packing, or
-    ``too_small`` (the crop size is a training choice). Positions are drawn as the decoders draw them."""
-    crops: list[np.ndarray] = []
+def crop_raw_table(table: pa.Table | pa.RecordBatch, *, crop_size: int, crops_per_image: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], SkipList]:
+    """:func:`decode_and_crop` for raw-uint8 rows: no decoding; only the windows are copied, straight
+    out of Arrow's buffers. Skips: the kind recorded at packing, or ``too_small`` (the crop size is a
+    training choice). Positions are drawn as the decoders draw them (same ``rng``, same crops)."""
     skips: SkipList = []
     paths, heights, widths, kinds = (table.column(c).to_pylist() for c in ("path", "height", "width", "skip"))
-    views = (view for chunk in table.column("pixels").chunks for view in _binary_views(chunk))
+    pixels = table.column("pixels")
+    views = (view for chunk in getattr(pixels, "chunks", [pixels]) for view in _binary_views(chunk))
+    # Each window is copied once, straight into its place in the output: (K, 3, c, c).
+    out = np.empty((len(paths) * crops_per_image, 3, crop_size, crop_size), np.uint8)
+    k = 0
     for path, height, width, kind, view in zip(paths, heights, widths, kinds, views):
+        if kind is None and (height < crop_size or width < crop_size):
+            kind = "too_small"
         if kind is not None:
             skips.append((kind, path))
             continue
-        windows = random_windows(view.reshape(height, width, 3), crop_size, crops_per_image, rng)
-        if windows is None:
-            skips.append(("too_small", path))
-            continue
-        crops.append(windows)
-    empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
-    return {"gt": np.concatenate(crops) if crops else empty}, skips
+        planes = view.reshape(3, height, width)
+        tops = rng.integers(0, height - crop_size + 1, size=crops_per_image)  # drawn as random_windows draws
+        lefts = rng.integers(0, width - crop_size + 1, size=crops_per_image)
+        for t, s in zip(tops.tolist(), lefts.tolist()):
+            out[k] = planes[:, t : t + crop_size, s : s + crop_size]
+            k += 1
+    return {"gt": out[:k]}, skips
 
 
 def _binary_views(chunk: pa.BinaryArray) -> Iterable[np.ndarray]:
@@ -459,9 +487,10 @@ def pack_images(
 
     ``encoded`` columns: ``path`` (string, key relative to ``input_uri``) and ``image`` (binary, the
     object's bytes as stored: bad objects are packed too, and training skips and counts them as from the
-    raw prefix). ``raw-uint8`` decodes once, here: ``path``, ``height``, ``width``, ``pixels`` (binary,
-    (H, W, 3) RGB uint8, orientation applied) and ``skip`` (the skip kind of a bad object, else null;
-    ``limits`` decide ``too_large``); training then only cuts windows (docs/performance.md has its cost).
+    raw prefix). ``raw-uint8`` decodes once, here, into Arrow IPC files ``part-00000.arrow``, ... (at
+    most 256 MiB each): ``path``, ``height``, ``width``, ``pixels`` (binary, (3, H, W) planar RGB uint8,
+    orientation applied) and ``skip`` (the skip kind of a bad object, else null; ``limits`` decide
+    ``too_large``); training then only cuts windows (docs/performance.md has its cost).
     The files are packed in a ``seed``-shuffled order so every shard mixes the whole dataset (a sorted
     ImageNet listing would put one class per shard). ``progress`` receives a line after listing and one per shard.
     """
@@ -487,6 +516,8 @@ def pack_images(
     report(f"found {len(images)} images under {input_uri}; writing {len(plan)} shards")
     total_bytes = input_bytes = done = written = 0
 
+    extension, limit = (PARQUET_EXTENSION, MAX_SHARD_BYTES) if format == "encoded" else (RAW_EXTENSION, MAX_RAW_SHARD_BYTES)
+
     def write(name: str, keys: list[str], rows: list) -> None:
         try:
             if format == "encoded":
@@ -506,8 +537,8 @@ def pack_images(
             else:  # PIL releases the GIL while it decodes: the pool decodes in parallel
                 rows = list(pool.map(lambda data: _decode_raw(data, limits), blobs))
                 sizes = [len(r[2]) for r in rows]
-            for start, end in _split_by_bytes(rows, sizes):  # decoded pixels can outgrow the 1 GiB cap
-                name = f"part-{written:05d}.parquet"
+            for start, end in _split_by_bytes(rows, sizes, limit):  # decoded pixels outgrow the planned sizes
+                name = f"part-{written:05d}{extension}"
                 write(name, keys[start:end], rows[start:end])
                 shard_bytes = sum(sizes[start:end])
                 written += 1
