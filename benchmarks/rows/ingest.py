@@ -1,0 +1,266 @@
+"""The training ingest (srgan.distributed.ingest.build_train_dataset) end to end on a local Ray with 2 CPUs.
+
+- ingest-pipeline-local / -s3: crops per second out of the Ray Data dataset (one epoch, iterated as the
+  trainer does, time to first batch included), from local files and from a moto S3 server, against the
+  decode-only loop (PIL, the same bytes in memory) in 2 processes: the most 2 cores can decode.
+- ingest-vs-dataloader: the same dataset from local files against torch's DataLoader(num_workers=2)
+  over the same files with the same decode and crop (srgan.io.datasets.decode_and_crop).
+- listing: many small objects on moto, as a raw prefix and as Parquet shards of the same objects: time
+  to the first batch (listing included) and the steady rate after it. BENCHMARKS.md extrapolates them
+  to ImageNet's 1.28 M objects.
+Both sides of each row run back to back in this process (the dataset, then the baseline, alternating).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import Row, Settings, local_ray, moto_s3
+
+CROP = 96
+DECODE_BATCH = 16  # images per Ray Data decode task call
+
+
+# ------------------------------------------------------------------------------------------ the two sides
+
+
+def _decode_only(blobs: list[bytes]) -> int:
+    for b in blobs:
+        with Image.open(io.BytesIO(b)) as im:
+            im.load()
+    return len(blobs)
+
+
+def decode_only_processes(blobs: list[bytes], processes: int, pool) -> float:
+    """Images per second of PIL's decode-only loop over ``blobs`` split across ``processes`` workers (the
+    bytes are already in each worker's memory: only the count comes back)."""
+    t0 = time.perf_counter()
+    done = sum(pool.map(_decode_only_shard, [(i, processes) for i in range(processes)]))
+    return done / (time.perf_counter() - t0)
+
+
+_POOL_BLOBS: list[bytes] = []
+
+
+def _init_pool(blobs: list[bytes]) -> None:
+    global _POOL_BLOBS
+    _POOL_BLOBS = blobs
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _decode_only_shard(args: tuple[int, int]) -> int:
+    index, count = args
+    return _decode_only(_POOL_BLOBS[index::count])
+
+
+def ray_epoch(uri: str, *, crops_per_image: int = 1, s3_endpoint: str | None = None, stop_after: int | None = None) -> dict:
+    """One epoch of the training dataset as the trainer iterates it: (seconds to first batch, crops,
+    seconds in all). ``stop_after``: stop once this many crops came (a partial epoch)."""
+    from srgan.distributed.ingest import build_train_dataset
+
+    t0 = time.perf_counter()
+    ds = build_train_dataset(uri, crop_size=CROP, crops_per_image=crops_per_image, s3_endpoint=s3_endpoint,
+                             skip_counter_name="bench-skips", decode_batch_size=DECODE_BATCH, num_cpus=0.25)
+    first, crops = None, 0
+    for batch in ds.iter_batches(batch_size=16, batch_format="numpy", prefetch_batches=2):
+        crops += len(batch["gt"])
+        if first is None:
+            first = time.perf_counter() - t0
+            t_first, crops_first = time.perf_counter(), crops
+        if stop_after is not None and crops >= stop_after:
+            break
+    total = time.perf_counter() - t0
+    steady = (crops - crops_first) / max(time.perf_counter() - t_first, 1e-9)
+    return {"first_s": first, "crops": crops, "seconds": total, "rate": crops / total, "steady": steady}
+
+
+class _FileCrops:
+    """A map-style torch Dataset: file i -> its uint8 (1, 3, 96, 96) crop, by the project's decoder."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from srgan.core.images import ImageLimits
+        from srgan.io.datasets import decode_and_crop
+
+        data = Path(self.paths[i]).read_bytes()
+        batch = {"bytes": np.array([data], dtype=object), "path": np.array([self.paths[i]], dtype=object)}
+        out, _ = decode_and_crop(batch, crop_size=CROP, crops_per_image=1, rng=np.random.default_rng(), limits=ImageLimits())
+        return out["gt"][0]
+
+
+def dataloader_epoch(paths: list[str], loader_holder: dict) -> float:
+    """Crops per second of one epoch of DataLoader(num_workers=2, persistent workers) over ``paths``."""
+    import torch
+
+    if "loader" not in loader_holder:
+        loader_holder["loader"] = torch.utils.data.DataLoader(_FileCrops(paths), batch_size=16, shuffle=True, num_workers=2,
+                                                              persistent_workers=True, prefetch_factor=2)
+    t0, crops = time.perf_counter(), 0
+    for batch in loader_holder["loader"]:
+        crops += len(batch)
+    return crops / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _dataset_blobs(s: Settings) -> list[bytes]:
+    """The ImageNet-like JPEGs, repeated to an epoch long enough to time (192 quick, 960 full)."""
+    blobs = s.images["jpeg"]
+    count = 192 if s.quick else 960
+    return (blobs * (count // len(blobs) + 1))[:count]
+
+
+def _write_local(blobs: list[bytes], folder: Path) -> list[str]:
+    paths = []
+    for i, b in enumerate(blobs):
+        path = folder / f"c{i % 10}" / f"img_{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b)
+        paths.append(str(path))
+    return paths
+
+
+def _put_all(endpoint: str, bucket: str, items: list[tuple[str, bytes]], threads: int = 16) -> None:
+    import boto3
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket)
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), items))
+
+
+# ------------------------------------------------------------------------------------------ rows
+
+
+def _rows_pipeline(s: Settings) -> list[Row]:
+    blobs = _dataset_blobs(s)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    paths = _write_local(blobs, work / "local")
+    repeats = 2 if s.quick else 3
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    with moto_s3() as endpoint, local_ray(num_cpus=2), ctx.Pool(2, initializer=_init_pool, initargs=(blobs,)) as pool:
+        _put_all(endpoint, "bench-ingest", [(f"train/c{i % 10}/img_{i:05d}.jpg", b) for i, b in enumerate(blobs)])
+        decode_only_processes(blobs, 2, pool)  # warm-up
+        ray_epoch(str(work / "local"))  # warm-up: Ray's worker processes start once
+        loader: dict = {}
+        dataloader_epoch(paths, loader)
+        sides: dict[str, list[float]] = {"local": [], "s3": [], "base": [], "loader": [], "first_local": [], "first_s3": []}
+        for _ in range(repeats):
+            local = ray_epoch(str(work / "local"))
+            sides["local"].append(local["rate"]), sides["first_local"].append(local["first_s"])
+            sides["base"].append(decode_only_processes(blobs, 2, pool))
+            s3 = ray_epoch("s3://bench-ingest/train", s3_endpoint=endpoint)
+            sides["s3"].append(s3["rate"]), sides["first_s3"].append(s3["first_s"])
+            sides["loader"].append(dataloader_epoch(paths, loader))
+        del loader
+    med = {k: statistics.median(v) for k, v in sides.items()}
+    ran = f"{len(blobs)} 500x375 JPEG q90 (the ImageNet-like set repeated), 96x96 crops, 1 per image, local Ray 2 CPUs, {repeats} alternating epochs"
+    for name, key in (("ingest-pipeline-local", "local"), ("ingest-pipeline-s3", "s3")):
+        ratio = med[key] / med["base"]
+        target, passed = (">= 0.8", ratio >= 0.8) if key == "local" else ("reported", True)
+        rows.append(Row(name, f"{med[key]:.0f} crops/s (first batch {med['first_' + key]:.1f} s)", f"{med['base']:.0f} img/s (PIL decode only, 2 processes, in memory)",
+                        ratio, target, passed, ran + (f"; moto S3 on 127.0.0.1" if key == "s3" else "")))
+    ratio = med["local"] / med["loader"]
+    rows.append(Row("ingest-vs-dataloader", f"{med['local']:.0f} crops/s (Ray Data)", f"{med['loader']:.0f} crops/s (DataLoader, 2 workers)", ratio, ">= 1.0",
+                    ratio >= 1.0, ran + "; DataLoader: same files, decode_and_crop per image, batch 16, persistent workers"))
+    return rows
+
+
+def _tiny_jpeg(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    arr = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr).resize((128, 128), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _row_listing(s: Settings) -> Row:
+    from srgan.io.datasets import list_image_infos, pack_images
+
+    count = 5_000 if s.quick else 50_000
+    stop_after = 1_000 if s.quick else 4_000
+    bodies = [_tiny_jpeg(i) for i in range(64)]
+    items = [(f"raw/n{i % 100:03d}/img_{i:06d}.jpg", bodies[i % len(bodies)]) for i in range(count)]
+    with moto_s3() as endpoint, local_ray(num_cpus=2):
+        t0 = time.perf_counter()
+        _put_all(endpoint, "bench-listing", items)
+        upload_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list_image_infos("s3://bench-listing/raw", endpoint)
+        list_s = time.perf_counter() - t0
+        pack_images("s3://bench-listing/raw", "s3://bench-listing/shards", images_per_shard=1000, s3_endpoint=endpoint)
+        ray_epoch("s3://bench-listing/shards", s3_endpoint=endpoint, stop_after=200)  # warm-up: Ray's workers
+        raw = ray_epoch("s3://bench-listing/raw", s3_endpoint=endpoint, stop_after=stop_after)
+        shards = ray_epoch("s3://bench-listing/shards", s3_endpoint=endpoint, stop_after=stop_after)
+    return Row("listing", f"shards: first batch {shards['first_s']:.1f} s, then {shards['steady']:.0f} crops/s",
+               f"raw prefix: first batch {raw['first_s']:.1f} s, then {raw['steady']:.0f} crops/s", raw["first_s"] / shards["first_s"],
+               "report both (ratio: raw / shards time to first batch)", True,
+               f"{count:,} objects of 128x128 JPEG (~{len(bodies[0]) // 1000} kB) on moto S3, 96x96 crops, local Ray 2 CPUs; driver listing alone "
+               f"{list_s:.1f} s ({list_s / count * 1e6:.0f} us/object); steady rate over the next {stop_after:,} crops; "
+               f"{count // 1000} shards of 1,000; upload took {upload_s:.0f} s")
+
+
+ROWS = {
+    "ingest-pipeline-local": _rows_pipeline,  # also ingest-pipeline-s3 and ingest-vs-dataloader (one set-up)
+    "listing": _row_listing,
+}
+
+
+def _row_sizing(s: Settings) -> Row:
+    """Per-core rates docs/sizing.md needs beyond the decode rows: cropping pre-decoded uint8 images
+    (what a pre-decoded shard leaves to the CPU) and reading encoded bytes from a Parquet shard (all the
+    CPU does when the GPU decodes), both on 1 thread."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.common import median_rate, torch_threads
+    from srgan.core.images import decode_rgb_uint8, random_windows
+
+    blobs = s.images["jpeg"]
+    arrays = [decode_rgb_uint8(b) for b in blobs]
+    rng = np.random.default_rng(0)
+
+    def crop_decoded() -> int:
+        crops = [random_windows(a, CROP, 1, rng) for a in arrays]
+        np.concatenate(crops)
+        return len(arrays)
+
+    shard = Path(tempfile.mkdtemp(prefix="bench-sizing-")) / "part.parquet"
+    many = (blobs * (480 // len(blobs) + 1))[:480]
+    pq.write_table(pa.table({"path": [f"k{i}" for i in range(len(many))], "image": pa.array(many, pa.binary())}), shard)
+
+    def read_bytes() -> int:
+        table = pq.read_table(shard, columns=["image"])
+        return table.num_rows
+
+    with torch_threads(1):
+        crop_rate = median_rate(crop_decoded, s.repeats, s.min_seconds)
+        read_rate = median_rate(read_bytes, s.repeats, s.min_seconds)
+    mean_kb = sum(map(len, blobs)) / len(blobs) / 1e3
+    return Row("sizing-per-core", f"pre-decoded crop {crop_rate:.0f} img/s; shard bytes {read_rate:.0f} img/s", "", float("nan"), "report", True,
+               f"1 thread; {len(blobs)} 500x375 images as uint8 arrays -> one 96x96 crop each (channel-first copy); "
+               f"a local Parquet shard of {len(many)} JPEG q90 ({mean_kb:.0f} kB each) read whole (encoded bytes only, for GPU decoding)")
+
+
+ROWS["sizing-per-core"] = _row_sizing
+ALIASES = {"ingest-pipeline-s3": "ingest-pipeline-local", "ingest-vs-dataloader": "ingest-pipeline-local"}
