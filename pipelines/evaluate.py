@@ -1,7 +1,11 @@
-"""Evaluate a model (or the bicubic baseline) on SR benchmark sets: Y-PSNR and SSIM.
+"""Evaluate a model (or the bicubic baseline) on SR benchmark sets: Y-PSNR and SSIM, and LPIPS on request.
 
     python pipelines/evaluate.py --model bicubic --data ../shared/datasets/Set5,../shared/datasets/Set14
     python pipelines/evaluate.py --model models:/srgan-generator@champion --data ../shared/datasets/Set5 --json
+    python pipelines/evaluate.py --model models:/srgan-generator-gan@champion --data ../shared/datasets/Set5 --metrics psnr,ssim,lpips
+
+LPIPS needs torchvision's ImageNet AlexNet (or VGG16) weights: from the torch cache, else downloaded
+once. Without them LPIPS is reported as unavailable (a note on stderr, n/a / null) and the rest runs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from srgan.app.cli import run_cli  # noqa: E402
-from srgan.app.evaluate import EvalConfig, format_table, run_evaluation  # noqa: E402
+from srgan.app.evaluate import METRICS, EvalConfig, format_table, report_json, run_evaluation  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="also report every image")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
+    p.add_argument("--metrics", default="psnr,ssim", help=f"comma-separated, reported in this order: any of {','.join(METRICS)} (default psnr,ssim)")
+    p.add_argument("--lpips-net", default="alex", help="LPIPS backbone: alex (default) or vgg")
     p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return p.parse_args(argv)
 
@@ -41,13 +47,17 @@ def main() -> int:
         device=args.device,
         tile_size=args.tile_size,
         tracking_uri=args.tracking_uri,
+        metrics=tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip()),
+        lpips_net=args.lpips_net,
     )
-    scores = run_evaluation(config)
+    report = run_evaluation(config)
+    if report.lpips_unavailable:  # not a failure: the other metrics stand; stderr keeps --json's stdout clean
+        print(f"note: LPIPS unavailable: {report.lpips_unavailable}", file=sys.stderr)
     if args.json:
-        for s in scores:
-            print(json.dumps(s.to_json(per_image=args.verbose)))
+        for row in report_json(report, per_image=args.verbose):
+            print(json.dumps(row))
     else:
-        print(format_table(scores, per_image=args.verbose))
+        print(format_table(report, per_image=args.verbose))
     return 0
 
 

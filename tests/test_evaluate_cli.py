@@ -76,3 +76,14 @@ def test_bad_inputs_get_one_line_errors(cli, datasets_dir, tmp_path):
     assert "is x2 but --scale is 4" in _one_line_error(cli("evaluate", "--model", str(x2), "--data", str(datasets_dir / "Set5")))
     usage = cli("evaluate", "--data", str(datasets_dir / "Set5"))
     assert usage.returncode == 2 and "--model" in usage.stderr
+
+
+def test_metrics_choose_what_is_reported(cli, datasets_dir):
+    proc = cli("evaluate", "--model", "bicubic", "--data", str(datasets_dir / "Set5"), "--metrics", "psnr", "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = _json_lines(proc.stdout)["Set5"]
+    assert list(row) == ["dataset", "model", "psnr_y", "images"] and row["psnr_y"] == pytest.approx(28.43, abs=0.02)
+    assert proc.stderr == ""  # no LPIPS asked for: no note
+    assert "psnr,ssim,lpips, got psnr,fid" in _one_line_error(cli("evaluate", "--model", "bicubic", "--data", str(datasets_dir / "Set5"), "--metrics", "psnr,fid"))
+    assert "--lpips-net must be one of alex, vgg" in _one_line_error(cli("evaluate", "--model", "bicubic", "--data", str(datasets_dir / "Set5"),
+                                                                         "--metrics", "lpips", "--lpips-net", "squeeze"))
