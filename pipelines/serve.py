@@ -3,8 +3,12 @@
     python pipelines/serve.py                                   # models:/srgan-generator@champion
     python pipelines/serve.py --model runs/demo/checkpoint_000001 --port 8000
     python pipelines/serve.py --model models:/srgan-generator@champion --min-replicas 1 --max-replicas 4 --gpu
+    python pipelines/serve.py --allow-model models:/srgan-generator-gan@champion --allow-model models:/srgan-generator/3
 
     curl --data-binary @photo.png -o photo_x4.png http://127.0.0.1:8000/v1/upscale
+    curl --data-binary @photo.png -o photo_x4.png -H "serve_multiplexed_model_id: models:/srgan-generator/3" \
+        http://127.0.0.1:8000/v1/upscale
+    open http://127.0.0.1:8000/ in a browser: the web page (upload, compare, download)
 
 Joins the Ray cluster at RAY_ADDRESS if set, else starts a local one. For a cluster deployment use
 `serve deploy infra/serve_config.yaml` (same application, same options).
@@ -26,6 +30,10 @@ from srgan.distributed.serving import check_options, run_server  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, default_model=DEFAULT_MODEL)
+    p.add_argument("--allow-model", action="append", default=[], metavar="REF",
+                   help="another model a request may choose (?model=REF or the serve_multiplexed_model_id header); repeatable")
+    p.add_argument("--max-models-per-replica", type=int, default=3,
+                   help="models besides the default that one replica keeps loaded (least recently used ones are unloaded)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas")
@@ -52,6 +60,8 @@ def main() -> int:
         "model": args.model,
         "tracking_uri": args.tracking_uri,
         "refresh_interval_s": args.refresh_interval,
+        "allowed_models": args.allow_model,
+        "max_models_per_replica": args.max_models_per_replica,
         "max_bytes": limits.max_bytes,
         "max_pixels": limits.max_pixels,
         "max_batch_size": args.max_batch_size,

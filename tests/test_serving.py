@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
 import socket
 import struct
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -100,14 +102,23 @@ def reference(checkpoint) -> Upscaler:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, repo_root, checkpoint, tmp_path_factory):
-    """``pipelines/serve.py`` on a free port of 127.0.0.1; yields (base URL, process)."""
+def other_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Two more generators with other weights, on the server's allow-list: {"a": path, "b": path}."""
+    folder = tmp_path_factory.mktemp("serve-other")
+    return {name: str(save_generator(folder / name, _generator(seed=seed))) for name, seed in (("a", 3), ("b", 4))}
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, repo_root, checkpoint, other_checkpoints, tmp_path_factory):
+    """``pipelines/serve.py`` on a free port of 127.0.0.1, with two more models allowed and an LRU of one
+    of them per replica; yields (base URL, process, log path)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    allowed = [arg for path in other_checkpoints.values() for arg in ("--allow-model", path)]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", str(checkpoint), "--port", str(port),
-             "--num-cpus", "0.25", "--batch-wait-ms", "300", "--refresh-interval", "0"],
+             "--num-cpus", "0.25", "--batch-wait-ms", "300", "--refresh-interval", "0", *allowed, "--max-models-per-replica", "1"],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("serve-cwd"),
         )
     url = f"http://127.0.0.1:{port}"
@@ -143,6 +154,8 @@ def test_default_model_without_registry_is_a_clear_error(cli, tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["--model", "/no/such/checkpoint"], "checkpoint /no/such/checkpoint does not exist"),
     (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas <= max_replicas"),
+    (["--allow-model", "/no/such/other"], "checkpoint /no/such/other does not exist"),
+    (["--max-models-per-replica", "0"], "max_models_per_replica"),
 ])
 def test_bad_serve_flags_are_one_line_errors(cli, tmp_path, checkpoint, args, match):
     argv = ["--model", str(checkpoint), *args] if args[0] != "--model" else args
@@ -155,13 +168,35 @@ def test_bad_serve_flags_are_one_line_errors(cli, tmp_path, checkpoint, args, ma
 # ------------------------------------------------------------------------------------------ the endpoint
 
 
-def test_health_and_models(http, checkpoint, reference):
+def test_health_and_models(http, checkpoint, reference, other_checkpoints):
     health = http.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    (model,) = http.get("/v1/models").json()["models"]
-    assert model["name"] == "small" and model["scale"] == 4
-    assert model["version"] == weights_digest(reference.net_g) and model["source"] == str(checkpoint)
-    assert http.get("/docs").status_code == 200 and "/v1/upscale" in http.get("/openapi.json").json()["paths"]
+    default, *others = http.get("/v1/models").json()["models"]
+    assert default["name"] == "small" and default["scale"] == 4 and default["default"] and default["loaded"]
+    assert default["version"] == weights_digest(reference.net_g) and default["source"] == default["id"] == str(checkpoint)
+    # Every allowed model is listed with its scale and version, loaded or not.
+    assert [m["id"] for m in others] == list(other_checkpoints.values())
+    for model, path in zip(others, other_checkpoints.values()):
+        assert (model["name"], model["scale"], model["resolved"], model["default"]) == (Path(path).name, 4, path, False)
+        assert model["version"] == weights_digest(Upscaler.from_checkpoint(path).net_g) != default["version"]
+    assert "/v1/upscale" in http.get("/openapi.json").json()["paths"]
+
+
+def test_docs_and_page_need_nothing_from_outside(http):
+    """/docs loads Swagger UI from this server (fastapi-offline's files), and the page from package data."""
+    docs = http.get("/docs")
+    assert docs.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert {a.rsplit("/", 1)[1] for a in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}, assets
+    for asset in assets:
+        assert asset.startswith("/"), asset  # this server, not a CDN
+        assert http.get(asset).status_code == 200, asset
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in re.findall(r'(?:src|href)="(static/[^"]+)"', page.text):
+        assert http.get(f"/{asset}").status_code == 200, asset
+    assert "web page" in http.get("/openapi.json").json()["info"]["description"].lower()
 
 
 @pytest.mark.parametrize("photo,crop", [("chelsea.png", (slice(60, 160), slice(0, 300))), ("coffee.png", (slice(100, 164), slice(200, 296)))],
@@ -220,10 +255,11 @@ def test_rgba_greyscale_and_16bit_keep_their_mode(http, reference):
         assert np.abs(_pixels(resp.content) - _pixels(_direct(reference, data))).max() <= 1
 
 
-def _post_concurrently(url: str, bodies: list[bytes]) -> list[httpx.Response]:
+def _post_concurrently(url: str, bodies: list[bytes], params: list[dict] | None = None) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            return await asyncio.gather(*(client.post("/v1/upscale", content=b) for b in bodies))
+            return await asyncio.gather(*(client.post("/v1/upscale", content=b, params=p)
+                                          for b, p in zip(bodies, params or [{}] * len(bodies))))
 
     return asyncio.run(run())
 
@@ -307,6 +343,67 @@ def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(http):
     assert ok.status_code == 200 and ok.headers["x-output-size"] == "120x80"
 
 
+# ------------------------------------------------------------------------------------------ several models
+
+MODEL_HEADER = "serve_multiplexed_model_id"  # Serve's proxy routes by it
+
+
+def _loaded_models(http) -> tuple[set[str], dict]:
+    body = http.get("/v1/models").json()
+    return {m["id"] for m in body["models"] if m["loaded"]}, body["replica_stats"]
+
+
+def test_models_off_the_allow_list_are_404_json(http, tmp_path):
+    data = _encode(load_photo("coffee.png")[:20, :30])
+    elsewhere = str(save_generator(tmp_path / "not-allowed", _generator(seed=9)))  # exists, but not offered
+    for ref in (elsewhere, "models:/srgan-generator@champion", "/etc/passwd"):
+        _assert_json_error(http.post("/v1/upscale", params={"model": ref}, content=data), 404)
+        _assert_json_error(http.post("/v1/upscale", headers={MODEL_HEADER: ref}, content=data), 404)
+    loaded, _ = _loaded_models(http)
+    assert elsewhere not in loaded
+
+
+def test_header_and_query_naming_different_models_is_a_400(http, other_checkpoints):
+    a, b = other_checkpoints.values()
+    resp = http.post("/v1/upscale", params={"model": a}, headers={MODEL_HEADER: b}, content=_encode(load_photo("coffee.png")[:20, :30]))
+    _assert_json_error(resp, 400)
+    _assert_json_error(http.post("/v1/upscale", params={"model": "x" * 1001}, content=b"x"), 400)
+
+
+def test_one_deployment_answers_several_models_and_its_lru_evicts_and_reloads(server, http, checkpoint, reference, other_checkpoints):
+    """max_models_per_replica is 1: a, then b (a evicted), then a again (reloaded); the default stays."""
+    a, b = other_checkpoints.values()
+    direct = {ref: Upscaler.from_checkpoint(ref, options=UpscalerOptions(tile_size=256, device="cpu")) for ref in (a, b)}
+    data = _encode(np.ascontiguousarray(load_photo("chelsea.png")[:24, :32]))
+    _, start = _loaded_models(http)
+
+    def upscale(**kwargs) -> httpx.Response:
+        resp = http.post("/v1/upscale", content=data, **kwargs)
+        assert resp.status_code == 200, resp.text[:300]
+        return resp
+
+    steps = [(a, dict(params={"model": a})), (b, dict(headers={MODEL_HEADER: b})), (a, dict(headers={MODEL_HEADER: a}))]
+    for i, (ref, how) in enumerate(steps, start=1):
+        resp = upscale(**how)
+        assert resp.headers["x-model-version"] == direct[ref].version
+        assert np.abs(_pixels(resp.content) - _pixels(_direct(direct[ref], data))).max() <= 1
+        loaded, stats = _loaded_models(http)
+        assert loaded == {str(checkpoint), ref}, loaded  # the default, and the one model the LRU holds
+        assert stats["model_loads"] - start["model_loads"] == i  # each step loaded its model (a: twice)
+        assert stats["model_evictions"] - start["model_evictions"] == i - 1
+    default = upscale()
+    assert default.headers["x-model-version"] == reference.version
+    assert np.abs(_pixels(default.content) - _pixels(_direct(reference, data))).max() <= 1
+
+    # Same-size requests for two models at once share forward passes only with their own model.
+    mixed = _post_concurrently(server[0], [data] * 6, params=[{}, {"model": a}] * 3)
+    assert all(r.status_code == 200 for r in mixed)
+    for i, resp in enumerate(mixed):
+        want = reference if i % 2 == 0 else direct[a]
+        assert resp.headers["x-model-version"] == want.version and int(resp.headers["x-batch-size"]) <= 3
+        assert np.abs(_pixels(resp.content) - _pixels(_direct(want, data))).max() <= 1
+
+
 # ------------------------------------------------------------------------------------------ registry alias
 
 
@@ -339,14 +436,16 @@ def test_model_from_registry_alias_and_update_without_downtime(server, cli, tmp_
     assert proc.returncode == 2 and "models:/nope@champion is not registered" in proc.stderr, proc.stderr
 
     serve.run(build_app({"model": "models:/srgan-generator@champion", "tracking_uri": db, "refresh_interval_s": 0.5,
-                         "num_cpus": 0.1, "batch_wait_timeout_s": 0.0}), name="registry", route_prefix="/registry")
+                         "num_cpus": 0.1, "batch_wait_timeout_s": 0.0, "allowed_models": ["models:/srgan-generator/1"]}),
+              name="registry", route_prefix="/registry")
     url = f"{server[0]}/registry"
     data = _encode(np.ascontiguousarray(load_photo("chelsea.png")[:40, :56]))
     direct = {v: Upscaler.from_checkpoint(c, options=UpscalerOptions(device="cpu")) for v, c in (("1", ckpt_v1), ("2", ckpt_v2))}
     with httpx.Client(base_url=url, timeout=120) as client:
-        (model,) = client.get("/v1/models").json()["models"]
+        model, pinned = client.get("/v1/models").json()["models"]
         assert (model["name"], model["version"], model["source"], model["resolved"]) == (
             "srgan-generator", "1", "models:/srgan-generator@champion", "models:/srgan-generator/1")
+        assert (pinned["id"], pinned["version"], pinned["scale"], pinned["loaded"]) == ("models:/srgan-generator/1", "1", 4, False)
         first = client.post("/v1/upscale", content=data)
         assert first.status_code == 200 and first.headers["x-model-version"] == "1"
         assert np.abs(_pixels(first.content) - _pixels(_direct(direct["1"], data))).max() <= 1
@@ -364,6 +463,11 @@ def test_model_from_registry_alias_and_update_without_downtime(server, cli, tmp_
         assert np.abs(_pixels(resp.content) - _pixels(_direct(direct["2"], data))).max() <= 1
         assert np.abs(_pixels(resp.content) - _pixels(first.content)).max() > 1  # really other weights
         assert client.get("/v1/models").json()["models"][0]["resolved"] == "models:/srgan-generator/2"
+        # Two registered versions from one deployment: the champion by default, version 1 when asked for.
+        old = client.post("/v1/upscale", params={"model": "models:/srgan-generator/1"}, content=data)
+        assert old.status_code == 200 and old.headers["x-model-version"] == "1", old.text[:300]
+        assert np.abs(_pixels(old.content) - _pixels(first.content)).max() == 0
+        assert client.post("/v1/upscale", content=data).headers["x-model-version"] == "2"
     serve.delete("registry")
 
 
@@ -403,6 +507,8 @@ def test_serve_config_yaml_is_a_valid_serve_config_for_build_app(repo_root):
     assert deployment.autoscaling_config["min_replicas"] <= deployment.autoscaling_config["max_replicas"]
     assert deployment.max_ongoing_requests >= ServeOptions.from_args(app.args).max_batch_size
     assert ModelConfig.from_dict(deployment.user_config).model == "models:/srgan-generator@champion"
+    options = ServeOptions.from_args(app.args)
+    assert options.allowed_models == ("models:/srgan-generator-gan@champion",) and options.max_models_per_replica >= 1
 
 
 def test_deployment_options_from_args():

@@ -1,18 +1,21 @@
 """The online endpoint (a Ray edge): a Ray Serve deployment with a FastAPI ingress around the Upscaler.
 
+    GET  /               the web page (package data in ``static/``): upload, before/after comparison, download
     POST /v1/upscale     raw image bytes (PNG, JPEG, WebP, BMP) or multipart/form-data with a ``file`` field
                          -> the upscaled image; ``?format=png|jpeg|webp`` (default: the input's),
-                         ``?quality=1..100`` for the lossy formats. Headers X-Input-Size, X-Output-Size
-                         (WIDTHxHEIGHT), X-Model-Name, X-Model-Version, X-Batch-Size.
+                         ``?quality=1..100`` for the lossy formats, ``?model=REF`` (or the
+                         ``serve_multiplexed_model_id`` header) for a model of the allow-list.
+                         Headers X-Input-Size, X-Output-Size (WIDTHxHEIGHT), X-Model-Name,
+                         X-Model-Version, X-Batch-Size.
     GET  /healthz        200 once a model is loaded
-    GET  /v1/models      name, version, scale and source of the loaded model
-    GET  /docs           FastAPI's OpenAPI page
+    GET  /v1/models      every model this endpoint serves (the default first), with scale and resolved version
+    GET  /docs           the OpenAPI page, its Swagger UI files served from fastapi-offline's package (no CDN)
 
 Inside a replica:
 - The generator is loaded once (:class:`~srgan.core.inference.Upscaler`, the class the bulk job uses too).
 - Small inputs (both sides <= ``batch_max_side``) wait up to ``batch_wait_timeout_s`` in a
-  ``@serve.batch`` queue; each batch is split by image size and every size group is one forward pass,
-  so only same-size images share a pass. Larger inputs skip the queue and go through the Upscaler's
+  ``@serve.batch`` queue; each batch is split by model and image size and every group is one forward
+  pass, so only same-size images for the same model share a pass. Larger inputs skip the queue and go through the Upscaler's
   tiling on their own. One forward pass runs at a time per replica: concurrent passes would only
   contend for the same cores or GPU.
 - Decoding, inference and encoding run in worker threads so the event loop keeps accepting requests
@@ -20,6 +23,11 @@ Inside a replica:
 - Limits: the body is capped while it streams (Serve's proxy has no request-size limit), then
   :func:`~srgan.core.images.decode_image` checks the pixel count from the header. A client's mistake
   gets a 4xx with ``{"error": "<one line>"}``, never a 500.
+- Several models: the default (``user_config.model``) is always loaded; the others of
+  ``allowed_models`` load on first use through Serve's model multiplexing (``@serve.multiplexed``),
+  an LRU of at most ``max_models_per_replica`` per replica. Serve's proxy sends a request with the
+  ``serve_multiplexed_model_id`` header to a replica that already holds that model; ``?model=`` is
+  answered by the replica the request reached (no extra hop: the default path stays as fast).
 - Model updates without downtime: the model reference lives in the deployment's ``user_config``.
   Changing it (``serve deploy`` with a new ``user_config.model``) calls :meth:`UpscaleService.reconfigure`
   on the running replicas; a registry alias (``models:/NAME@ALIAS``) is also polled every
@@ -33,16 +41,22 @@ Build the application with :func:`build_app` (the import path ``srgan.distribute
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures of the Serve
 # ingress class at run time, and postponed (string) annotations there break its OpenAPI schema.
 import asyncio
+import html
 import logging
+import shutil
 import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from pydantic import Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -50,9 +64,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from srgan.errors import UserError
 from srgan.config import OPTIONS, Float, Int, NonNegativeFloat, NonNegativeInt, PositiveInt, error_line, must
+from srgan.core.checkpoint import load_generator
 from srgan.core.images import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
-from srgan.core.inference import Upscaler, UpscalerOptions
-from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
+from srgan.core.inference import Upscaler, UpscalerOptions, weights_digest
+from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, fetch_model, load_upscaler, resolve_model
 
 __all__ = ["ServeOptions", "ModelConfig", "UpscaleService", "build_app", "run_server", "APP_NAME", "DEPLOYMENT_NAME"]
 
@@ -66,12 +81,19 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MULTIPART_OVERHEAD = 64 * 1024
 # ImageError.kind -> HTTP status.
 STATUS_FOR_KIND = {"too_large": 413, "unsupported": 415, "corrupt": 400}
+# Serve's HTTP proxy reads this header (also spelled with hyphens) and routes the request to a replica
+# that already holds that model; the replica reads it back with serve.get_multiplexed_model_id().
+MODEL_HEADER = "serve_multiplexed_model_id"
+MAX_MODEL_REF = 1000  # characters of a ?model= value
+MAX_ALLOWED_MODELS = 64
+STATIC = "static"  # the web page's folder, package data of srgan.distributed
 
 
 # ------------------------------------------------------------------------------------------ options
 
 
 ModelRef = Annotated[str, must("a checkpoint directory/URI or models:/NAME@ALIAS", bool)]
+AllowedModels = Annotated[tuple[ModelRef, ...], Field(max_length=MAX_ALLOWED_MODELS)]
 
 
 @pydantic_dataclass(frozen=True, config=OPTIONS)
@@ -99,6 +121,9 @@ class ServeOptions:
     model: ModelRef = DEFAULT_MODEL
     tracking_uri: str | None = None
     refresh_interval_s: NonNegativeFloat = 30.0
+    # more models, chosen per request with ?model= or the serve_multiplexed_model_id header
+    allowed_models: AllowedModels = ()  # references as --model takes them; the default model is always allowed
+    max_models_per_replica: PositiveInt = 3  # loaded generators besides the default, per replica (an LRU)
     # limits
     max_bytes: PositiveInt = ImageLimits.max_bytes
     max_pixels: PositiveInt = ImageLimits.max_pixels
@@ -194,11 +219,20 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
 
-app = FastAPI(
+# FastAPIOffline: FastAPI whose /docs loads Swagger UI's JavaScript and CSS from the fastapi-offline
+# package (under /static-offline-docs) instead of a CDN, so the docs work offline and behind firewalls.
+app = FastAPIOffline(
     title="srgan-ray upscaler",
-    description="SRResNet/SRGAN x4 super-resolution (Ledig et al. 2017) served by Ray Serve.",
+    description=(
+        "SRResNet/SRGAN x4 super-resolution (Ledig et al. 2017) served by Ray Serve.\n\n"
+        "**Web page:** open [`/`](./) in a browser to upscale an image and compare it with its input.\n\n"
+        "**Models:** `GET /v1/models` lists the models this endpoint serves; choose one per request with "
+        f"`?model=REF` or the `{MODEL_HEADER}` header (which Serve routes to a replica that holds it)."
+    ),
     version="1",
+    redoc_url=None,
 )
+app.mount(f"/{STATIC}", StaticFiles(packages=[("srgan.distributed", STATIC)]), name=STATIC)
 
 
 @app.exception_handler(RequestValidationError)
@@ -287,26 +321,63 @@ def _size(image: DecodedImage) -> str:
     return f"{width}x{height}"
 
 
+# ------------------------------------------------------------------------------------------ the web page
+
+
+def page_html(root_path: str) -> str:
+    """The web page (``static/index.html``), its links made relative to where the application is mounted."""
+    text = (resources.files("srgan.distributed") / STATIC / "index.html").read_text(encoding="utf-8")
+    return text.replace("__BASE_HREF__", html.escape(root_path.rstrip("/") + "/", quote=True))
+
+
+# What the page may load: only its own origin (and the images it makes itself, as blob: URLs).
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'"
+
+
 # ------------------------------------------------------------------------------------------ deployment
 
 
 @dataclass
 class _Stats:
-    """Per-replica counters (shown by /v1/models): how much batching actually happens."""
+    """Per-replica counters (shown by /v1/models): how much batching actually happens, and model churn."""
 
     requests: int = 0
     batches: int = 0
     batched_images: int = 0
     largest_batch: int = 0
     tiled_alone: int = 0
-    model_loads: int = 0
+    model_loads: int = 0  # the default model's loads and swaps, and every load into the LRU
+    model_evictions: int = 0  # models the LRU unloaded to make room
     started: float = field(default_factory=time.time)
+
+
+class _HeldModel:
+    """A model in Serve's multiplexing LRU. Serve calls ``__del__`` when it evicts the model."""
+
+    def __init__(self, ref: str, upscaler: Upscaler, on_evict) -> None:
+        self.ref, self.upscaler, self._on_evict = ref, upscaler, on_evict
+
+    def __del__(self) -> None:
+        # Called by Serve's LRU on eviction and again by Python's garbage collector: act once.
+        on_evict, self._on_evict = getattr(self, "_on_evict", None), None
+        if on_evict is not None:
+            on_evict(self)
+
+
+@dataclass(frozen=True)
+class _ModelCard:
+    """What /v1/models says about a model that this replica has not loaded."""
+
+    name: str
+    version: str
+    scale: int
+    resolved: str
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=32)
 @serve.ingress(app)
 class UpscaleService:
-    """One replica: one loaded generator, a batch queue for small inputs, tiling for large ones."""
+    """One replica: the default generator, an LRU of others, a batch queue for small inputs, tiling for large ones."""
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
@@ -325,6 +396,11 @@ class UpscaleService:
         self.upscaler: Upscaler | None = None
         self._upscale_batch.set_max_batch_size(options.max_batch_size)
         self._upscale_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        # The other models: Serve's multiplexing keeps the LRU (and tells the proxy which replica holds
+        # what); the decorator is applied here because its size is an option. ``_held`` mirrors the LRU.
+        self._held: dict[str, _HeldModel] = {}
+        self._cards: dict[str, _ModelCard] = {}  # by pinned URI: what /v1/models shows for unloaded models
+        self._held_model = serve.multiplexed(max_num_models_per_replica=options.max_models_per_replica)(self._multiplexed_loader())
 
     # -------------------------------------------------------------------------------- model updates
 
@@ -373,29 +449,101 @@ class UpscaleService:
             except Exception:  # noqa: BLE001 - a registry hiccup must not stop serving the current model
                 log.exception("could not refresh %s; still serving %s", config.model, current.uri)
 
+    # -------------------------------------------------------------------------------- several models
+
+    @property
+    def served_models(self) -> list[str]:
+        """The default model, then the allow-list: the references a request may name."""
+        default = self.config.model if self.config else self.options.model
+        return [default, *(ref for ref in dict.fromkeys(self.options.allowed_models) if ref != default)]
+
+    def _multiplexed_loader(self):
+        async def load_model(ref: str) -> _HeldModel:
+            config = ModelConfig(ref, self.config.tracking_uri, 0)
+            held = _HeldModel(ref, await asyncio.to_thread(self._load, config), self._evicted)
+            self._held[ref] = held
+            self.stats.model_loads += 1
+            return held
+
+        return load_model
+
+    def _evicted(self, held: _HeldModel) -> None:
+        if self._held.get(held.ref) is held:
+            del self._held[held.ref]
+            self.stats.model_evictions += 1
+            log.info("unloaded %s (least recently used)", held.ref)
+
+    def _requested_model(self, query: str | None) -> str | None:
+        """The model a request names: the routing header (Serve hands it over) or ``?model=``; None: the default."""
+        header = serve.get_multiplexed_model_id()
+        if header and query and header != query:
+            raise ClientError(400, f"the {MODEL_HEADER} header and ?model= name different models; send one")
+        return header or query or None
+
+    async def _upscaler_for(self, ref: str | None) -> Upscaler:
+        default = self._loaded()
+        if ref is None or ref == self.config.model:
+            return default
+        if ref not in self.options.allowed_models:
+            raise ClientError(404, f"model {ref[:200]!r} is not served here; GET /v1/models lists the models this endpoint serves")
+        try:
+            return (await self._held_model(ref)).upscaler
+        except UserError as exc:  # allowed but gone (deleted from the registry, say): not the client's fault
+            raise ClientError(503, f"model {ref} cannot be loaded now: {exc}") from None
+
+    def _card(self, ref: str) -> _ModelCard:
+        """Name, version and scale of a model without keeping it loaded (cached by the pinned URI)."""
+        source = resolve_model(ref, tracking_uri=self.config.tracking_uri)
+        if source.uri not in self._cards:
+            local = fetch_model(source)
+            try:
+                net_g, _ = load_generator(local)
+            finally:
+                if str(local) != source.uri:  # a download of our own
+                    shutil.rmtree(local, ignore_errors=True)
+            version = source.version or weights_digest(net_g)
+            self._cards[source.uri] = _ModelCard(source.name, version, net_g.config.scale, source.uri)
+        return self._cards[source.uri]
+
+    def _describe(self, ref: str) -> dict[str, Any]:
+        held = self._held.get(ref)
+        upscaler = self.upscaler if ref == self.config.model else held.upscaler if held else None
+        if upscaler is not None:
+            source = upscaler.source
+            card = _ModelCard(source.name if source else "", upscaler.version, upscaler.scale, source.uri if source else "")
+        else:
+            try:
+                card = self._card(ref)
+            except UserError as exc:
+                return {"id": ref, "source": ref, "default": False, "loaded": False, "error": " ".join(str(exc).split())}
+        return {"id": ref, "name": card.name, "version": card.version, "scale": card.scale, "source": ref,
+                "resolved": card.resolved, "default": ref == self.config.model, "loaded": upscaler is not None}
+
     # -------------------------------------------------------------------------------- inference
 
-    def _run_groups(self, upscaler: Upscaler, images: list[DecodedImage]) -> list[tuple[DecodedImage, int]]:
-        """Upscale a batch, one forward pass per image size: [(result, images in its pass)]."""
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            by_size.setdefault(image.size, []).append(i)
-        results: list[tuple[DecodedImage, int] | None] = [None] * len(images)
+    def _run_groups(self, jobs: list[tuple[Upscaler, DecodedImage]]) -> list[tuple[DecodedImage, int]]:
+        """Upscale a batch, one forward pass per model and image size: [(result, images in its pass)]."""
+        groups: dict[tuple[int, tuple[int, int]], list[int]] = {}
+        for i, (upscaler, image) in enumerate(jobs):
+            groups.setdefault((id(upscaler), image.size), []).append(i)
+        results: list[tuple[DecodedImage, int] | None] = [None] * len(jobs)
         with self._infer_lock:
-            for indices in by_size.values():
-                outputs = upscaler.upscale_images([images[i] for i in indices])
+            for indices in groups.values():
+                upscaler = jobs[indices[0]][0]
+                outputs = upscaler.upscale_images([jobs[i][1] for i in indices])
                 for i, out in zip(indices, outputs):
                     results[i] = (out, len(indices))
-            self.stats.batches += len(by_size)
-            self.stats.batched_images += len(images)
-            self.stats.largest_batch = max([self.stats.largest_batch, *map(len, by_size.values())])
+            self.stats.batches += len(groups)
+            self.stats.batched_images += len(jobs)
+            self.stats.largest_batch = max([self.stats.largest_batch, *map(len, groups.values())])
         return [r for r in results if r is not None]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _upscale_batch(self, images: list[DecodedImage]) -> list[tuple[DecodedImage, int, Upscaler]]:
-        upscaler = self.upscaler  # one model for the whole batch, even if a swap happens meanwhile
-        done = await asyncio.to_thread(self._run_groups, upscaler, images)
-        return [(out, group, upscaler) for out, group in done]
+    async def _upscale_batch(self, jobs: list[tuple[Upscaler, DecodedImage]]) -> list[tuple[DecodedImage, int]]:
+        # Each job carries its model, chosen before it queued (so a swap meanwhile changes nothing for it).
+        # Serve already splits batches by the routing header; ?model= requests share a queue and are
+        # grouped by model here.
+        return await asyncio.to_thread(self._run_groups, jobs)
 
     def _run_alone(self, upscaler: Upscaler, image: DecodedImage) -> DecodedImage:
         with self._infer_lock:
@@ -406,15 +554,18 @@ class UpscaleService:
             raise ClientError(503, "no model loaded yet; retry shortly")
         return self.upscaler
 
-    async def _upscale(self, image: DecodedImage) -> tuple[DecodedImage, int, Upscaler]:
+    async def _upscale(self, upscaler: Upscaler, image: DecodedImage) -> tuple[DecodedImage, int]:
         width, height = image.size
         if max(width, height) <= self.options.batch_max_side:
-            return await self._upscale_batch(image)
-        upscaler = self.upscaler
+            return await self._upscale_batch((upscaler, image))
         self.stats.tiled_alone += 1
-        return await asyncio.to_thread(self._run_alone, upscaler, image), 1, upscaler
+        return await asyncio.to_thread(self._run_alone, upscaler, image), 1
 
     # -------------------------------------------------------------------------------- routes
+
+    @app.get("/", response_class=HTMLResponse, summary="The web page: upload an image, compare before and after")
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(page_html(request.scope.get("root_path", "")), headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.post("/v1/upscale", response_class=Response, summary="Upscale one image")
     async def upscale(
@@ -422,11 +573,14 @@ class UpscaleService:
         request: Request,
         format: str | None = Query(None, description="png, jpeg or webp; default: the input's format"),  # noqa: A002
         quality: int | None = Query(None, description="1..100, for jpeg and webp output"),
+        model: str | None = Query(None, max_length=MAX_MODEL_REF, description=(
+            f"a model of GET /v1/models (its id); default: the default model. The {MODEL_HEADER} header does "
+            "the same and lets Serve route the request to a replica that already holds the model")),
     ) -> Response:
         self.stats.requests += 1
         try:
-            self._loaded()
             fmt = _check_params(format, quality)
+            upscaler = await self._upscaler_for(self._requested_model(model))
             data = await read_image_bytes(request, self.limits)
             image = await asyncio.to_thread(decode_image, data, limits=self.limits)
         except ClientError as exc:
@@ -434,7 +588,7 @@ class UpscaleService:
         except ImageError as exc:
             return _error(STATUS_FOR_KIND.get(exc.kind, 400), str(exc))
         fmt = fmt or OUTPUT_FORMATS.get(image.format.lower(), "png")  # the input's format; BMP -> PNG
-        result, group, upscaler = await self._upscale(image)
+        result, group = await self._upscale(upscaler, image)
         body = await asyncio.to_thread(encode_image, result, fmt, quality=quality or self.options.quality)
         headers = {
             "X-Input-Size": _size(image),
@@ -451,25 +605,15 @@ class UpscaleService:
             return _error(503, "no model loaded yet")
         return {"status": "ok", "model_version": self.upscaler.version}
 
-    @app.get("/v1/models", summary="The loaded model")
+    @app.get("/v1/models", summary="The models this endpoint serves (the default first)")
     async def models(self) -> Any:
         try:
-            upscaler = self._loaded()
+            self._loaded()
         except ClientError as exc:
             return _error(exc.status, str(exc))
-        source = upscaler.source
-        return {
-            "models": [
-                {
-                    "name": source.name if source else "",
-                    "version": upscaler.version,
-                    "scale": upscaler.scale,
-                    "source": source.requested if source else "",
-                    "resolved": source.uri if source else "",
-                }
-            ],
-            "replica_stats": asdict(self.stats),
-        }
+        described = await asyncio.to_thread(lambda: [self._describe(ref) for ref in self.served_models])
+        return {"models": described, "max_models_per_replica": self.options.max_models_per_replica,
+                "replica_stats": asdict(self.stats)}
 
 
 # ------------------------------------------------------------------------------------------ builder, runner
@@ -484,11 +628,17 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     return UpscaleService.options(**options.deployment_options()).bind(options)
 
 
-def _portable(options: ServeOptions, source: ModelSource) -> ServeOptions:
+def _portable_ref(source: ModelSource) -> str:
+    """A reference that means the same in a replica's working directory: a registry reference stays as it
+    is (an alias must stay one); a checkpoint becomes its absolute path or URI."""
+    return source.requested if source.tracking_uri is not None else source.uri
+
+
+def _portable(options: ServeOptions, source: ModelSource, allowed: list[ModelSource] = ()) -> ServeOptions:
     """Options that mean the same in a replica's working directory: absolute paths, the store's absolute URI."""
-    if source.tracking_uri is not None:  # a registry model: keep the reference (an alias must stay one)
-        return replace(options, tracking_uri=source.tracking_uri)
-    return replace(options, model=source.uri)
+    store = next((s.tracking_uri for s in (source, *allowed) if s.tracking_uri is not None), options.tracking_uri)
+    return replace(options, model=_portable_ref(source), tracking_uri=store,
+                   allowed_models=tuple(dict.fromkeys(_portable_ref(s) for s in allowed)))
 
 
 def _report(line: str) -> None:
@@ -504,7 +654,8 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     from srgan.distributed.cluster import init_ray  # RAY: the project's one way to join or start a cluster
 
     source = resolve_model(options.model, tracking_uri=options.tracking_uri)
-    options = _portable(options, source)
+    allowed = [resolve_model(ref, tracking_uri=options.tracking_uri) for ref in options.allowed_models]
+    options = _portable(options, source, allowed)
     init_ray()
     already_running = _serve_is_running()
     serve.start(http_options={"host": host, "port": port})
@@ -514,7 +665,10 @@ def run_server(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 80
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         serve.run(build_app(asdict(options)), name=APP_NAME, route_prefix="/")
-        report(f"serving {source.requested} ({source.uri}) at http://{host}:{port}/v1/upscale  (API docs: http://{host}:{port}/docs)")
+        base = f"http://{host}:{port}"
+        report(f"serving {source.requested} ({source.uri}) at {base}/v1/upscale  (web page: {base}/  API docs: {base}/docs)")
+        for ref in options.allowed_models:
+            report(f"  also {ref}: {base}/v1/upscale?model={quote(ref, safe='')}")
         report("press Ctrl-C to stop")
         while True:
             time.sleep(3600)
