@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from srgan.errors import UserError
-from srgan.distributed.ingest import build_train_dataset, count_skips
+from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker, iter_device_crops
 from srgan.io.datasets import PackSummary, is_parquet_source, pack_images
 
 
@@ -99,8 +99,11 @@ def test_shards_train_like_the_raw_prefix(s3_server, s3_bucket, ray_cluster, rep
     assert sorted(o["Key"] for o in listed) == [f"packed/train/part-0000{i}.parquet" for i in range(3)]
     assert is_parquet_source(packed) and not is_parquet_source(raw)
 
+    pixels = f"s3://{s3_bucket}/packed/raw-uint8"
+    assert pack_images(raw, pixels, images_per_shard=4, format="raw-uint8").shards == 3
+
     crops = {}
-    for name, uri in (("raw", raw), ("shards", packed)):
+    for name, uri in (("raw", raw), ("shards", packed), ("raw-uint8", pixels)):
         counter = f"{name}-{uuid.uuid4().hex[:8]}"
         ds = build_train_dataset(uri, crop_size=64, crops_per_image=2, skip_counter_name=counter)
         batches = list(ds.iter_torch_batches(batch_size=5, local_shuffle_buffer_size=8))
@@ -108,8 +111,18 @@ def test_shards_train_like_the_raw_prefix(s3_server, s3_bucket, ray_cluster, rep
         crops[name] = sum(len(b["gt"]) for b in batches)
         skips = count_skips(counter)
         assert skips["counts"] == {"corrupt": 1, "empty": 1, "not_image": 1}
-        assert skips["examples"] == {kind: [key] for key, kind in kinds.items()}  # the same keys from both sources
-    assert crops == {"raw": 2 * len(good), "shards": 2 * len(good)}
+        assert skips["examples"] == {kind: [key] for key, kind in kinds.items()}  # the same keys from every source
+    assert crops == {"raw": 2 * len(good), "shards": 2 * len(good), "raw-uint8": 2 * len(good)}
+
+    # data.decode_device=cuda's path with device="cpu": Ray Data ships bytes, the consumer decodes and regroups.
+    for name, uri in (("bytes-raw", raw), ("bytes-shards", packed)):
+        counter = f"{name}-{uuid.uuid4().hex[:8]}"
+        assert decodes_on_worker(uri, "cuda") and not decodes_on_worker(uri, "cpu")
+        ds = build_train_dataset(uri, crop_size=64, crops_per_image=2, skip_counter_name=counter, decode="cuda")
+        batches = list(iter_device_crops(ds, crop_size=64, crops_per_image=2, batch_size=5, device="cpu", prefetch_batches=1, skip_counter_name=counter))
+        assert [tuple(b.shape) for b in batches] == [(5, 3, 64, 64)] * (2 * len(good) // 5)  # full batches only (drop_last)
+        assert count_skips(counter)["examples"] == {kind: [key] for key, kind in kinds.items()}
+    assert not decodes_on_worker(pixels, "cuda")  # raw-uint8 needs no decoding anywhere
 
 
 @pytest.mark.parametrize("case", ["missing-input", "output-inside-input"])
