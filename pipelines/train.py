@@ -7,7 +7,7 @@ photo set made offline from scikit-image's bundled photos, configs/demo_cpu.yaml
         --data s3://bucket/imagenet/train --val-data s3://bucket/benchmarks/Set5 --storage s3://bucket/runs
 
 Then the SRGAN phase, starting from the SRResNet champion (VGG19 weights from torchvision's cache,
-or --vgg-weights PATH|URI):
+downloaded once per node when missing, or --vgg-weights PATH|URI):
 
     ray job submit --working-dir . -- python pipelines/train.py --config configs/paper_srgan_x4.yaml \\
         --init-from models:/srgan-generator@champion --data s3://bucket/imagenet/train ...
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help=f"experiment YAML (default with no --data: {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[1])})")
     p.add_argument("--phase", help="training phase: srresnet (pixel MSE) or srgan (VGG content + adversarial; needs --init-from)")
     p.add_argument("--init-from", help="generator to start from: checkpoint dir/URI or models:/NAME@ALIAS (e.g. models:/srgan-generator@champion)")
-    p.add_argument("--vgg-weights", help="VGG19 state dict for the srgan content loss: PATH|URI, or 'random' (tests only); default: torchvision's cache")
+    p.add_argument("--vgg-weights", help="VGG19 state dict for the srgan content loss: PATH|URI, 'imagenet' (the default: torchvision's VGG19 weights from the torch cache, else one download per node), or 'random' (tests only)")
     p.add_argument("--data", help="training images: a local path, file:// or s3:// prefix of images, or Parquet shards from prepare.py")
     p.add_argument("--val-data", help="validation set: HR/ (+ LR_bicubic/X<scale>/) as in ../shared/datasets; local or s3://")
     p.add_argument("--steps", type=int, help="total optimiser steps (a resumed run continues up to this)")

@@ -32,9 +32,12 @@ def test_ci_runs_exactly_the_readme_test_command(repo_root):
 
 def test_dependencies_are_pinned(repo_root):
     project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    deps = project["dependencies"] + [d for group in extras.values() for d in group if not d.startswith(f"{project['name']}[")]
+    # dev pulls in the other extras by name (pip resolves the project's own extras)
+    assert f"{project['name']}[export,lpips]" in extras["dev"]
     assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps and "ray[train,data,serve]==2.60.0" in deps
     for dep in deps:
         assert "==" in dep, f"{dep} is not pinned"
     names = {re.split(r"[\[=<>]", d)[0].lower() for d in deps}
-    assert {"mlflow", "pyarrow", "pillow", "boto3", "numpy", "pytest", "moto", "httpx", "scikit-image", "pyyaml"} <= names
+    assert {"mlflow", "pyarrow", "pillow", "boto3", "numpy", "pytest", "moto", "httpx", "scikit-image", "pyyaml", "onnxruntime", "lpips", "playwright"} <= names

@@ -53,7 +53,7 @@ def check_phase(config: Config) -> Config:
     Returns the config with ``train.init_from`` pinned (``models:/NAME@ALIAS`` -> ``models:/NAME/N``,
     a local checkpoint -> its absolute path): the weights checked here are the weights every worker,
     and every restart, loads, even if the alias moves meanwhile."""
-    from srgan.core.losses import check_vgg19_weights
+    from srgan.io.weights import check_vgg19_weights  # imagenet: the torch cache, else one download here
     from srgan.tracking.refs import load_generator_ref, resolve_model
 
     train = config.train
