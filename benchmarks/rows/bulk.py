@@ -139,27 +139,29 @@ def _actor_payload(plan) -> int:
     return len(pickle.dumps(actor_arguments(config, plan, source)))
 
 
-def _plan(count: int, parquet: bool):
-    """(plan, old per-actor todo map bytes) for ``count`` keys: a prefix with its first quarter done, or
-    1,000-row shards with the first quarter of shards done and 4 more half done (a killed run's resume)."""
-    from srgan.distributed.bulk import output_key, plan_from_listing
+def _listing(count: int, parquet: bool) -> tuple[list[str], dict[str, str], set[str]]:
+    """(keys, key -> path or shard, existing output keys) for ``count`` synthetic keys: an image prefix
+    with its first quarter done, or 1,000-row shards with the first quarter of shards done and the next
+    4 half done (what a killed run leaves to resume)."""
+    from srgan.distributed.bulk import output_key
 
     keys = synthetic_keys(count)
-    rows_per_shard = 1000
-    if parquet:
-        located = {k: f"bucket/imagenet-shards/part-{i // rows_per_shard:05d}.parquet" for i, k in enumerate(keys)}
-        done = count // 4 + 4 * rows_per_shard // 2
-        existing = {output_key(k, None) for i, k in enumerate(keys) if i < count // 4 or (i < done + 2000 and (i // 500) % 2 == 0)}
-    else:
-        located = {k: f"bucket/imagenet/train/{k}" for k in keys}
-        existing = {output_key(k, None) for k in keys[: count // 4]}
-    return keys, located, existing
+    rows_per_shard, quarter = 1000, count // 4
+    if not parquet:
+        return keys, {k: f"bucket/imagenet/train/{k}" for k in keys}, {output_key(k, None) for k in keys[:quarter]}
+    located = {k: f"bucket/imagenet-shards/part-{i // rows_per_shard:05d}.parquet" for i, k in enumerate(keys)}
+
+    def done(i: int) -> bool:
+        half_done_shard = quarter <= i < quarter + 4 * rows_per_shard
+        return i < quarter or (half_done_shard and i % rows_per_shard < rows_per_shard // 2)
+
+    return keys, located, {output_key(k, None) for i, k in enumerate(keys) if done(i)}
 
 
 def measure_plan(count: int, parquet: bool, repeats: int) -> dict:
     from srgan.distributed.bulk import output_key, plan_from_listing
 
-    keys, located, existing = _plan(count, parquet)
+    keys, located, existing = _listing(count, parquet)
     go = lambda: plan_from_listing(located, parquet=parquet, fmt=None, existing=existing, in_root="bucket/imagenet/train")  # noqa: E731
     times = []
     for _ in range(repeats):

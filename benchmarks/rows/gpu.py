@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +197,10 @@ def _rows_train(s: Settings) -> list[Row]:
             rows.append(Row(case.name, "failed", "", float("nan"), "report", False, f"{type(exc).__name__}: {str(exc)[:200]}; {dev.name}"))
             continue
         finally:
+            if case.compiled:
+                # Each case compiles fresh: without a reset, dynamo's per-code-object cache limit (8) and
+                # its automatic dynamic shapes would make later cases measure something else.
+                torch._dynamo.reset()
             if dev.cuda:
                 torch.cuda.empty_cache()
         achieved = rate / case.batch * flops[(case.phase, case.batch)] / 1e12

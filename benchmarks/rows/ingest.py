@@ -109,7 +109,8 @@ def dataloader_epoch(paths: list[str], loader_holder: dict) -> float:
 
     if "loader" not in loader_holder:
         loader_holder["loader"] = torch.utils.data.DataLoader(_FileCrops(paths), batch_size=16, shuffle=True, num_workers=2,
-                                                              persistent_workers=True, prefetch_factor=2)
+                                                              persistent_workers=True, prefetch_factor=2,
+                                                              multiprocessing_context="spawn")  # no fork of a process running Ray's threads
     t0, crops = time.perf_counter(), 0
     for batch in loader_holder["loader"]:
         crops += len(batch)
@@ -166,10 +167,12 @@ def _rows_pipeline(s: Settings) -> list[Row]:
         sides: dict[str, list[float]] = {"local": [], "s3": [], "base": [], "loader": [], "first_local": [], "first_s3": []}
         for _ in range(repeats):
             local = ray_epoch(str(work / "local"))
-            sides["local"].append(local["rate"]), sides["first_local"].append(local["first_s"])
+            sides["local"].append(local["rate"])
+            sides["first_local"].append(local["first_s"])
             sides["base"].append(decode_only_processes(blobs, 2, pool))
             s3 = ray_epoch("s3://bench-ingest/train", s3_endpoint=endpoint)
-            sides["s3"].append(s3["rate"]), sides["first_s3"].append(s3["first_s"])
+            sides["s3"].append(s3["rate"])
+            sides["first_s3"].append(s3["first_s"])
             sides["loader"].append(dataloader_epoch(paths, loader))
         del loader
     med = {k: statistics.median(v) for k, v in sides.items()}
@@ -178,7 +181,7 @@ def _rows_pipeline(s: Settings) -> list[Row]:
         ratio = med[key] / med["base"]
         target, passed = (">= 0.8", ratio >= 0.8) if key == "local" else ("reported", True)
         rows.append(Row(name, f"{med[key]:.0f} crops/s (first batch {med['first_' + key]:.1f} s)", f"{med['base']:.0f} img/s (PIL decode only, 2 processes, in memory)",
-                        ratio, target, passed, ran + (f"; moto S3 on 127.0.0.1" if key == "s3" else "")))
+                        ratio, target, passed, ran + ("; moto S3 on 127.0.0.1" if key == "s3" else "")))
     ratio = med["local"] / med["loader"]
     rows.append(Row("ingest-vs-dataloader", f"{med['local']:.0f} crops/s (Ray Data)", f"{med['loader']:.0f} crops/s (DataLoader, 2 workers)", ratio, ">= 1.0",
                     ratio >= 1.0, ran + "; DataLoader: same files, decode_and_crop per image, batch 16, persistent workers"))
