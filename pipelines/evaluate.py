@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.app.cli import run_cli  # noqa: E402
+from srgan.app.cli import add_runtime_argument, run_cli  # noqa: E402
 from srgan.app.evaluate import METRICS, EvalConfig, format_table, report_json, run_evaluation  # noqa: E402
 
 
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="also report every image")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
+    add_runtime_argument(p)
     p.add_argument("--metrics", default="psnr,ssim", help=f"comma-separated, reported in this order: any of {','.join(METRICS)} (default psnr,ssim)")
     p.add_argument("--lpips-net", default="alex", help="LPIPS backbone: alex (default) or vgg")
     p.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -46,6 +47,7 @@ def main() -> int:
         use_degrade=args.degrade,
         device=args.device,
         tile_size=args.tile_size,
+        runtime=args.runtime,
         tracking_uri=args.tracking_uri,
         metrics=tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip()),
         lpips_net=args.lpips_net,

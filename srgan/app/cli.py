@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from srgan.errors import UserError
 
-__all__ = ["run_cli", "setup_logging", "add_model_arguments", "add_limit_arguments", "limits_from_args"]
+__all__ = ["run_cli", "setup_logging", "add_model_arguments", "add_runtime_argument", "add_limit_arguments", "limits_from_args"]
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -43,6 +43,13 @@ def add_model_arguments(parser, *, default_model: str) -> None:
     """``--model`` and ``--tracking-uri``, as every CLI that loads a generator takes them."""
     parser.add_argument("--model", default=default_model, help=f"checkpoint directory/URI or models:/NAME@ALIAS (default {default_model})")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store for models:/ URIs (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def add_runtime_argument(parser) -> None:
+    """``--runtime torch|onnxruntime``: what runs the generator (docs/export.md says when to pick which)."""
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                        help="torch (default; any device) or onnxruntime (CPU; a checkpoint is exported on the fly, "
+                             "an export from pipelines/export.py loads as is; needs pip install -e \".[export]\")")
 
 
 def add_limit_arguments(parser, *, what: str) -> None:

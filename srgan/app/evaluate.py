@@ -30,6 +30,7 @@ class EvalConfig:
     use_degrade: bool = False
     device: str = "auto"
     tile_size: int = 256
+    runtime: str = "torch"  # or "onnxruntime" (srgan.tracking.refs.load_upscaler)
     tracking_uri: str | None = None  # for models:/ URIs; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     metrics: tuple[str, ...] = ("psnr", "ssim")  # what is reported, in this order (PSNR/SSIM are always cheap)
     lpips_net: str = "alex"  # LPIPS's backbone: alex (its authors' choice for a metric) or vgg
@@ -73,7 +74,8 @@ def build_model(config: EvalConfig) -> UpscaleFn:
     """``bicubic`` or an Upscaler over a checkpoint, checked against ``config.scale``."""
     if config.model == "bicubic":
         return bicubic_model(config.scale)
-    upscaler = load_upscaler(config.model, options=UpscalerOptions(device=config.device, tile_size=config.tile_size), tracking_uri=config.tracking_uri)
+    upscaler = load_upscaler(config.model, runtime=config.runtime, options=UpscalerOptions(device=config.device, tile_size=config.tile_size),
+                             tracking_uri=config.tracking_uri)
     if upscaler.scale != config.scale:
         raise UserError(f"model {config.model} is x{upscaler.scale} but --scale is {config.scale}")
     return upscaler_model(upscaler)
