@@ -92,11 +92,12 @@ def _without_ddp(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def compile_module(net: nn.Module) -> nn.Module:
+def compile_module(net: nn.Module, *, backend: str = "inductor") -> nn.Module:
     """``torch.compile`` of a network (``train.compile``), before DDP wraps it: DDP then hooks the same
     parameters, :func:`unwrap` still finds the plain module (checkpoints keep their keys), and the EMA
-    and validation copies stay eager (validation images change shape, which would recompile)."""
-    return torch.compile(net)
+    and validation copies stay eager (validation images change shape, which would recompile).
+    ``backend="aot_eager"`` traces the same graphs without generating kernels (fast tests)."""
+    return torch.compile(net, backend=backend)
 
 
 def make_pair(gt_u8: Tensor, scale: int) -> tuple[Tensor, Tensor]:
