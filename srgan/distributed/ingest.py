@@ -7,6 +7,10 @@ One epoch, as Ray Data runs it::
       -> map_batches(decode + crop)            fractional CPUs; bad objects skipped and counted
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
 
+raw-uint8 shards (``*.arrow``) skip the decode: each task reads a whole shard and cuts windows. With
+``data.decode_device: cuda`` the tasks ship encoded bytes and the Train worker decodes them on its GPU
+(:func:`iter_device_crops`). docs/performance.md compares the three.
+
 A bad object never fails an epoch: the decoder skips it and reports ``(kind, path)`` to a named
 :class:`SkipCounter` actor that keeps the *unique* paths per kind and logs each one once.
 """
