@@ -89,12 +89,17 @@ def main() -> int:
     for name in only:
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", flush=True)
+        load_before = os.getloadavg()[0]
         try:
             out = rows[name](s)
         except Exception as exc:  # noqa: BLE001 - one broken row is a FAIL line, the others still run
             traceback.print_exc()
             out = Row(name, "error", "", float("nan"), "runs", False, f"{type(exc).__name__}: {str(exc)[:300]}")
-        done.extend(out if isinstance(out, list) else [out])
+        out = out if isinstance(out, list) else [out]
+        load = f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        for r in out:  # a shared machine's load is part of what a figure means
+            r.ran = f"{r.ran}; {load}"
+        done.extend(out)
         print(f"[bench] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print_table(done)
     print(f"[bench] {len(done)} rows in {time.perf_counter() - t_all:.0f} s; "
