@@ -169,10 +169,13 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, dashboard: bool = False
     # A job's entrypoint runs `python` from the node's PATH, as on a node built from the image.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)  # the head's job agent must find this cluster, not another one
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
-    if proc.returncode != 0:
+    for attempt in (1, 2):  # on an overloaded machine the raylet can miss GCS's start-up deadline once
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
+        if proc.returncode == 0:
+            break
         stop_ray_head(temp_dir)
-        pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
+        if attempt == 2 or "Deadline Exceeded" not in proc.stderr + proc.stdout:
+            pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
     return {
         "address": f"127.0.0.1:{ports['port']}",
         "dashboard": f"http://127.0.0.1:{ports['dashboard-port']}" if dashboard else "",
