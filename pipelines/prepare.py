@@ -10,10 +10,10 @@ object's bytes as stored). Bad objects are packed as they are; training skips an
 as from the raw prefix.
 
 --format raw-uint8: every image decoded once, here, for datasets read many times: path, height,
-width, pixels ((H, W, 3) RGB uint8) and skip (the skip kind of a bad object, counted by training as
+width, pixels ((3, H, W) planar RGB uint8) and skip (the skip kind of a bad object, counted by training as
 from the raw prefix), as Arrow IPC files part-00000.arrow, ... Training then decodes nothing and
-only cuts windows, at about 5-10x the crops/s per core of JPEG decoding, for about 10x the storage
-of q90 JPEG shards (docs/performance.md).
+only cuts windows from memory-mapped shards (about 50x the crops/s per core of JPEG decoding here),
+for about 10x the storage of q90 JPEG shards (docs/performance.md).
 
 S3 is configured by the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or --s3-endpoint.
 """

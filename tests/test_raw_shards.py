@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from PIL import Image
 
 from srgan.core.images import ImageLimits, decode_rgb_uint8
@@ -58,7 +59,8 @@ def test_raw_shards_crop_like_decoding_the_objects(tmp_path, photos_dir, dataset
     for crop_size, count, seed in ((64, 2, 0), (96, 1, 5)):
         for shard in shards:
             keys = read_raw(shard).column("path").to_pylist()
-            out, skips = crop_raw_shard(shard.read_bytes(), crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed))
+            source = shard.read_bytes() if seed == 0 else pa.memory_map(str(shard))  # bytes or an open file
+            out, skips = crop_raw_shard(source, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed))
             batch = {"bytes": np.array([files[k] for k in keys], dtype=object), "path": np.array(keys, dtype=object)}
             ref, ref_skips = decode_and_crop(batch, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(seed), limits=ImageLimits())
             assert skips == ref_skips  # kinds recorded at packing (and too_small at training) = the decoder's
@@ -96,3 +98,31 @@ def test_prepare_cli_packs_raw_shards(cli, tmp_path, photos_dir, datasets_dir):
     assert [p.name for p in (tmp_path / "raw").iterdir()] == ["part-00000.arrow"]
     with pytest.raises(UserError, match="already holds"):  # a second run into the same prefix is refused
         pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8")
+
+
+def test_ray_data_cuts_crops_from_memory_mapped_local_shards(ray_cluster, tmp_path, photos_dir, datasets_dir):
+    import uuid
+
+    from srgan.distributed.ingest import build_train_dataset, count_skips
+
+    files = write_tree(tmp_path / "src", photos_dir, datasets_dir)
+    pack_images(str(tmp_path / "src"), str(tmp_path / "raw"), format="raw-uint8", images_per_shard=3)
+    counter = f"raw-{uuid.uuid4().hex[:8]}"
+    ds = build_train_dataset(str(tmp_path / "raw"), crop_size=64, crops_per_image=2, skip_counter_name=counter)
+    epochs = [torch.cat([b["gt"] for b in ds.iter_torch_batches(batch_size=4)]) for _ in range(2)]
+    assert [tuple(e.shape) for e in epochs] == [(10, 3, 64, 64)] * 2 and epochs[0].dtype == torch.uint8  # 5 good images x 2
+    assert not torch.equal(epochs[0], epochs[1])  # new positions (or order) every epoch
+    sources = {k: torch.from_numpy(np.ascontiguousarray(decode_rgb_uint8(files[k]).transpose(2, 0, 1))) for k in
+               ("astronaut.png", "n01/camera.png", "n01/rocket.JPEG", "n02/chelsea-rot8.jpg", "n02/t20.png")}
+    for crop in epochs[0]:  # each crop is an exact window of one of the images (the first row locates it)
+        assert any(_is_window(crop, image) for image in sources.values())
+    assert count_skips(counter)["counts"] == {"corrupt": 1, "empty": 1, "not_image": 1}
+
+
+def _is_window(crop: torch.Tensor, image: torch.Tensor) -> bool:
+    """True if ``crop`` (3, c, c) is an exact window of ``image`` (3, H, W): candidates by the first pixel."""
+    c = crop.shape[-1]
+    if image.shape[-2] < c or image.shape[-1] < c:
+        return False
+    hits = (image[:, : image.shape[-2] - c + 1, : image.shape[-1] - c + 1] == crop[:, :1, :1]).all(0).nonzero().tolist()
+    return any(torch.equal(image[:, y : y + c, x : x + c], crop) for y, x in hits)

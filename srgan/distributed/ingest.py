@@ -7,7 +7,7 @@ One epoch, as Ray Data runs it::
       -> map_batches(decode + crop)            fractional CPUs; bad objects skipped and counted
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
 
-raw-uint8 shards (``*.arrow``) skip the decode: each task reads a whole shard and cuts windows. With
+raw-uint8 shards (``*.arrow``) skip the decode: the read tasks map the shards and cut windows. With
 ``data.decode_device: cuda`` the tasks ship encoded bytes and the Train worker decodes them on its GPU
 (:func:`iter_device_crops`). docs/performance.md compares the three.
 
@@ -30,7 +30,7 @@ from srgan.io.datasets import (
     SHARD_COLUMNS,
     SkipList,
     SkipTally,
-    crop_raw_shard,
+    crop_raw_table,
     decode_and_crop,
     decode_and_crop_on,
     empty_skip_summary,
@@ -112,14 +112,33 @@ def _decode_crop_batch(
     return out
 
 
-def _crop_raw_batch(batch: dict[str, np.ndarray], *, crop_size: int, crops_per_image: int, counter: ray.actor.ActorHandle) -> dict[str, np.ndarray]:
-    """map_batches UDF on whole raw-uint8 shards ({"bytes": [one IPC file]}): -> {"gt": uint8 (K, 3, c, c)}; no decoding."""
-    rng = np.random.default_rng()
-    outs = [crop_raw_shard(data, crop_size=crop_size, crops_per_image=crops_per_image, rng=rng) for data in batch["bytes"]]
-    skips = [skip for _, shard_skips in outs for skip in shard_skips]
-    if skips:
-        ray.get(counter.add.remote(skips))
-    return {"gt": np.concatenate([out["gt"] for out, _ in outs])}
+def _raw_shards(paths: list[str], *, filesystem, shuffle: Any, crop_size: int, crops_per_image: int, counter: ray.actor.ActorHandle):
+    """A Ray Data datasource of crops cut straight out of raw-uint8 shards, in the read tasks.
+
+    Local shards are memory-mapped: a crop touches only its own rows in the page cache and nothing else
+    is copied. Remote ones are opened for random access, so each record batch is one ranged read.
+    (``read_binary_files`` would copy every whole shard into the object store first: two thirds of
+    the time, see docs/performance.md.)"""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource import FileBasedDatasource
+
+    class RawShards(FileBasedDatasource):  # RAY
+        def _open_input_source(self, filesystem, path, **open_args):
+            inner = filesystem.unwrap() if hasattr(filesystem, "unwrap") else filesystem
+            return pa.memory_map(path) if isinstance(inner, pafs.LocalFileSystem) else filesystem.open_input_file(path)
+
+        def _read_stream(self, f, path):
+            reader = pa.ipc.open_file(f)
+            rng = np.random.default_rng()  # fresh entropy per shard and epoch, as the decode tasks draw
+            for i in range(reader.num_record_batches):
+                out, skips = crop_raw_table(reader.get_batch(i), crop_size=crop_size, crops_per_image=crops_per_image, rng=rng)
+                if skips:
+                    ray.get(counter.add.remote(skips))  # a retried read reports them again: counted once
+                yield BlockAccessor.batch_to_block(out)
+
+    return RawShards(paths, filesystem=filesystem, shuffle=shuffle)
 
 
 def _bytes_batch(batch: dict[str, np.ndarray], *, image_column: str, root: str | None) -> dict[str, np.ndarray]:
@@ -175,7 +194,8 @@ def build_train_dataset(
     prefix with ``pipelines/prepare.py`` instead.
 
     ``raw-uint8`` shards (``prepare.py --format raw-uint8``: ``*.arrow`` files) are not decoded at all:
-    each task reads a whole shard and only cuts windows; shards are reordered every epoch. ``decode="cuda"`` (``data.decode_device``) leaves encoded sources undecoded: rows are then
+    the read tasks memory-map them (ranged reads on S3) and only cut windows; shards are reordered
+    every epoch, rows keep their packed order. ``decode="cuda"`` (``data.decode_device``) leaves encoded sources undecoded: rows are then
     ``{"bytes", "path"}`` and the Train worker decodes them on its GPU (:func:`iter_device_crops`).
     """
     if crop_size < 1 or crops_per_image < 1:
@@ -187,11 +207,12 @@ def build_train_dataset(
     if decode not in ("cpu", "cuda"):
         raise UserError(f"decode must be cpu or cuda, got {decode!r}")
     shuffle = _file_shuffle(seed)
-    raw = is_raw_source(uri, s3_endpoint=s3_endpoint)
-    if raw:  # whole shards as bytes: the UDF opens each IPC file in place
+    if is_raw_source(uri, s3_endpoint=s3_endpoint):  # nothing to decode: the read tasks cut the crops
         fs, shards = list_raw_shards(uri, s3_endpoint=s3_endpoint)
-        ds = ray.data.read_binary_files(shards, filesystem=fs, shuffle=shuffle, num_cpus=num_cpus)
-    elif is_parquet_source(uri, s3_endpoint=s3_endpoint):
+        counter = get_skip_counter(skip_counter_name)
+        source = _raw_shards(shards, filesystem=fs, shuffle=shuffle, crop_size=crop_size, crops_per_image=crops_per_image, counter=counter)
+        return ray.data.read_datasource(source, num_cpus=num_cpus)
+    if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
         ds = ray.data.read_parquet(shards, filesystem=fs, partitioning=None, shuffle=shuffle, num_cpus=num_cpus)
         ds = ds.select_columns(list(SHARD_COLUMNS))
@@ -204,11 +225,6 @@ def build_train_dataset(
     counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
     # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
     # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
-    if raw:
-        return ds.map_batches(
-            _crop_raw_batch, batch_size=1, num_cpus=num_cpus,
-            fn_kwargs={"crop_size": crop_size, "crops_per_image": crops_per_image, "counter": counter},
-        )
     if decode == "cuda":
         return ds.map_batches(_bytes_batch, batch_size=decode_batch_size, num_cpus=num_cpus,
                               fn_kwargs={"image_column": image_column, "root": root})

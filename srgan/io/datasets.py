@@ -427,10 +427,11 @@ def _split_by_bytes(rows: list, sizes: list[int], limit: int) -> list[tuple[int,
     return ranges
 
 
-def crop_raw_shard(data, *, crop_size: int, crops_per_image: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], SkipList]:
-    """:func:`crop_raw_table` over a whole raw-uint8 shard given as its bytes (what Ray Data's
-    ``read_binary_files`` hands over): the IPC file is opened in place, no pixel is copied but the windows."""
-    reader = pa.ipc.open_file(pa.py_buffer(data))
+def crop_raw_shard(source, *, crop_size: int, crops_per_image: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], SkipList]:
+    """:func:`crop_raw_table` over a whole raw-uint8 shard: ``source`` is its bytes or an open Arrow file
+    (``pa.memory_map(path)``, as the ingest's read tasks open local shards). The IPC file is read in
+    place: no pixel is copied but the windows."""
+    reader = pa.ipc.open_file(source if isinstance(source, pa.NativeFile) else pa.py_buffer(source))
     outs = [crop_raw_table(reader.get_batch(i), crop_size=crop_size, crops_per_image=crops_per_image, rng=rng) for i in range(reader.num_record_batches)]
     empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
     return {"gt": np.concatenate([o["gt"] for o, _ in outs]) if outs else empty}, [skip for _, skips in outs for skip in skips]
