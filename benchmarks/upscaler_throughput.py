@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srgan.core.inference import Upscaler, UpscalerOptions, _tile_starts, pick_device  # noqa: E402
+from srgan.core.inference import Upscaler, UpscalerOptions, pick_device, tiled_work  # noqa: E402
 from srgan.core.models import SRResNet  # noqa: E402
 
 
@@ -39,14 +39,6 @@ def conv_flops_per_output_mp(net: SRResNet) -> float:
                 res = float(s * s)
             macs_per_lr_pixel += m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * res
     return 2 * macs_per_lr_pixel * 1e6 / (s * s)
-
-
-def tiled_work(size: int, tile: int, overlap: int, pad: int) -> float:
-    """LR pixels the network processes (tiles plus their context) per LR pixel of the image."""
-    if size <= tile:
-        return 1.0
-    spans = [min(s0 + tile + pad, size) - max(s0 - pad, 0) for s0 in _tile_starts(size, tile, overlap)]
-    return (sum(spans) / size) ** 2
 
 
 def time_it(fn, repeats: int, sync) -> list[float]:
@@ -88,7 +80,7 @@ def main() -> None:
         times = time_it(lambda: up.upscale_tensor(lq), args.repeats, sync)
         med = statistics.median(times)
         mps = out_mp / med
-        work = tiled_work(args.lr_size, up.tile_size, up.options.tile_overlap, up.tile_pad)
+        work = tiled_work(args.lr_size, args.lr_size, tile=up.tile_size, overlap=up.options.tile_overlap, pad=up.tile_pad)
         rows.append({"run": label, "work": round(work, 2), "median_s": round(med, 4), "output_MP_per_s": round(mps, 4), "achieved_TFLOPs": round(mps * flops_per_mp / 1e12, 4), "ratio_to_gemm": round(mps * flops_per_mp / gemm_flops, 3)})
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

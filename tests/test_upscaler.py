@@ -13,8 +13,9 @@ from conftest import load_photo
 from srgan.core.checkpoint import save_generator
 from srgan.core.degrade import bicubic_upscale, degrade
 from srgan.core.images import decode_image, encode_image
-from srgan.core.inference import Upscaler, UpscalerOptions
+from srgan.core.inference import Upscaler, UpscalerOptions, _tile_spans, tiled_work, weights_digest
 from srgan.core.models import SRResNet
+from srgan.core.ranges import signed_to_unit
 
 
 def _net(num_blocks: int = 4, seed: int = 0) -> SRResNet:
@@ -205,7 +206,32 @@ def test_any_generator_callable_is_tiled_like_the_module():
     up = Upscaler(gen, options=UpscalerOptions(tile_size=40, tile_overlap=4))
     out = up.upscale_tensor(lq)
     assert len(gen.shapes) > 4  # really tiled: the callable saw each tile with its context
-    assert torch.equal(out, expected)
+    assert (out - expected).abs().max().item() < 1e-5  # the module runs folded and channels_last on the CPU
     assert (up.runtime, up.version, up.device.type) == ("callable", "sha256:test", "cpu")
     with pytest.raises(ValueError, match="runs on cpu"):
         Upscaler(gen, options=UpscalerOptions(device="cuda:0"))
+
+
+def test_cpu_run_copy_is_folded_and_channels_last_but_equal():
+    """On the CPU the Upscaler runs a BN-folded, channels_last copy: same output, caller's net untouched."""
+    net = _net(num_blocks=2)
+    lq = _photo_lq()[..., :40, :48]
+    with torch.inference_mode():
+        expected = signed_to_unit(net(lq)).clamp(0, 1)
+    up = Upscaler(net, options=UpscalerOptions(device="cpu"))
+    out = up.upscale_tensor(lq)
+    assert out.is_contiguous() and (out - expected).abs().max().item() < 1e-5
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in up.net_g.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 5  # the caller's module keeps its BNs
+    assert up.version == weights_digest(net)
+
+
+def test_tiles_are_the_fewest_and_equal():
+    """512 LR at tile 256 is 2x2 tiles (the old plan ran 3x3), each with at most pad pixels of context."""
+    assert _tile_spans(512, 256, 0) == [(0, 256), (256, 512)]
+    assert _tile_spans(1024, 256, 8) == [(0, 212), (203, 415), (406, 618), (609, 821), (812, 1024)]
+    assert tiled_work(512, 512, tile=256, overlap=0, pad=40) == pytest.approx((296 + 296) ** 2 / 512**2)
+    gen = _CallableGenerator(_net(num_blocks=1))
+    Upscaler(gen, options=UpscalerOptions(tile_size=50)).upscale_tensor(torch.rand(1, 3, 100, 90))
+    pad = gen.receptive_radius
+    assert gen.shapes == [(1, 3, 50 + pad, 45 + pad)] * 4  # 2 x 2 tiles, context on the inner side only

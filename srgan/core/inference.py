@@ -12,17 +12,24 @@ Runtimes: the generator is duck-typed (:class:`Generator`): an :class:`~srgan.co
 :mod:`srgan.export` (``runtime="onnxruntime"`` in ``load_upscaler``). Tiling, batching and the value
 ranges live here, once, for every runtime; the core itself never imports onnx or onnxruntime.
 
-Tiling: an image larger than ``tile_size`` LR pixels is cut into tiles that overlap by
-``tile_overlap`` pixels; each tile is run with ``tile_pad`` extra pixels of real context around it,
-and the overlapping outputs are blended with linear ramps. The default ``tile_pad`` is the network's
-receptive radius, so a tile's output does not depend on where it was cut: the tiled result equals
-the untiled one up to floating-point rounding, and there are no seams.
+Tiling: an image larger than ``tile_size`` LR pixels is cut into the fewest equal tiles of at most
+``tile_size`` a side; each tile is run with ``tile_pad`` extra pixels of real context around it. The
+default ``tile_pad`` is the network's receptive radius, so a tile's output does not depend on where
+it was cut: the tiled result equals the untiled one up to floating-point rounding, with no seams and
+no need to overlap tiles (``tile_overlap`` 0). With a smaller ``tile_pad``, a ``tile_overlap`` blends
+neighbouring tiles with linear ramps to hide the seams.
+
+CPU speed (BENCHMARKS.md, rows ``infer-*``): on the CPU the torch runtime runs a copy of the
+generator with batch norm folded into the convolutions and in channels_last layout, which oneDNN's
+convolutions take without reordering. On CUDA the generator runs as it is (not measured there).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +44,7 @@ from srgan.core.images import DecodedImage, with_planes
 from srgan.core.models import GeneratorConfig
 from srgan.core.ranges import signed_to_unit
 
-__all__ = ["Generator", "UpscalerOptions", "Upscaler", "pick_device", "weights_digest"]
+__all__ = ["Generator", "UpscalerOptions", "Upscaler", "pick_device", "weights_digest", "tiled_work"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,7 @@ class UpscalerOptions:
     device: str = "auto"
     precision: str = "fp32"  # "fp32" or "bf16" (bf16 autocast, CUDA only)
     tile_size: int = 256  # largest side processed in one forward pass
-    tile_overlap: int = 8  # blended overlap between neighbouring tiles
+    tile_overlap: int = 0  # blended overlap between tiles: only needed when tile_pad < the receptive radius
     tile_pad: int | None = None  # context around each tile; None = the network's receptive radius
     max_batch: int = 8  # same-size images per forward pass in upscale_images()
 
@@ -103,14 +110,40 @@ def weights_digest(net: torch.nn.Module | Generator) -> str:
     return "sha256:" + h.hexdigest()[:12]
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering [0, length) with tiles of ``tile`` that overlap by >= ``overlap``."""
+def _tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering [0, length): the fewest tiles of at most ``tile`` pixels that
+    overlap by at least ``overlap``, all of one size and evenly spread.
+
+    Equal tiles waste nothing: the old plan (stride ``tile - overlap``, then one more tile ending at
+    the border) ran an almost full extra tile whenever the length was just over a multiple of the
+    stride (a 512 image took 3 tiles of 256 a side instead of 2).
+    """
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)  # the last tile ends exactly at the border
-    return starts
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (n - 1) * overlap) / n)  # <= tile; n * size - (n - 1) * overlap >= length
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]  # steps <= size - overlap
+    return [(start, start + size) for start in starts]
+
+
+def tiled_work(height: int, width: int, *, tile: int, overlap: int, pad: int) -> float:
+    """LR pixels the network runs (tiles plus their context) per LR pixel of an image: the cost of tiling."""
+    def axis(length: int) -> int:
+        return sum(min(stop + pad, length) - max(start - pad, 0) for start, stop in _tile_spans(length, tile, overlap))
+
+    return axis(height) * axis(width) / (height * width)
+
+
+def _fold_batch_norms(net: torch.nn.Module) -> torch.nn.Module:
+    """Every Conv2d followed by a BatchNorm2d in a Sequential becomes one conv (eval-mode BN is an
+    affine map per channel): one pass over each feature map fewer. Works on ``net`` in place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in net.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if isinstance(seq[i], torch.nn.Conv2d) and isinstance(seq[i + 1], torch.nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), torch.nn.Identity()
+    return net
 
 
 def _ramp(length: int, ramp_in: int, ramp_out: int, device: torch.device) -> Tensor:
@@ -137,10 +170,16 @@ class Upscaler:
 
     def __init__(self, net_g: Generator, *, options: UpscalerOptions = UpscalerOptions(), model_info: GeneratorCheckpoint | None = None) -> None:
         self.options = options
+        self._weights = net_g  # what the version digest reads (the run copy below may be folded)
+        self._channels_last = False
         if isinstance(net_g, torch.nn.Module):
             self.device = pick_device(options.device)
             self.runtime = "torch"
             net_g = net_g.to(self.device).eval().requires_grad_(False)
+            if self.device.type == "cpu":
+                # A copy: the caller's module keeps its structure (and its digest its weights).
+                net_g = _fold_batch_norms(copy.deepcopy(net_g)).to(memory_format=torch.channels_last)
+                self._channels_last = True
         else:
             # The generator runs where it was built; an explicit, different device is a mistake.
             self.device = torch.device(getattr(net_g, "device", "cpu"))
@@ -170,13 +209,15 @@ class Upscaler:
         """The registry version of the loaded model, else a digest of its weights."""
         if self._version is None:
             registered = getattr(self.source, "version", None)
-            self._version = registered or weights_digest(self.net_g)
+            self._version = registered or weights_digest(self._weights)
         return self._version
 
     # ------------------------------------------------------------------------------ tensors
 
     def _forward(self, lq: Tensor) -> Tensor:
         """One network pass: (N, 3, h, w) [0, 1] on device -> (N, 3, h*s, w*s) [0, 1] fp32 (not clamped)."""
+        if self._channels_last:
+            lq = lq.contiguous(memory_format=torch.channels_last)
         if self.options.precision == "bf16":
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
                 sr = self.net_g(lq)
@@ -191,11 +232,8 @@ class Upscaler:
         s, pad, overlap = self.scale, self.tile_pad, self.options.tile_overlap
         out = torch.zeros(n, 3, h * s, w * s, device=lq.device)
         weight = torch.zeros(1, 1, h * s, w * s, device=lq.device)
-        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
-        for y0 in ys:
-            y1 = min(y0 + tile, h)
-            for x0 in xs:
-                x1 = min(x0 + tile, w)
+        for y0, y1 in _tile_spans(h, tile, overlap):
+            for x0, x1 in _tile_spans(w, tile, overlap):
                 # Context: up to ``pad`` real pixels on each side, clipped at the image border.
                 py0, py1, px0, px1 = max(y0 - pad, 0), min(y1 + pad, h), max(x0 - pad, 0), min(x1 + pad, w)
                 sr = self._forward(lq[:, :, py0:py1, px0:px1])
@@ -229,7 +267,7 @@ class Upscaler:
                 self.tile_size = max(_MIN_TILE, self.tile_size // 2)
                 log.warning("CUDA out of memory: retrying with tile_size=%d", self.tile_size)
                 torch.cuda.empty_cache()
-        sr = sr.clamp_(0, 1).cpu()
+        sr = sr.clamp_(0, 1).cpu().contiguous()  # (N, 3, H, W) in the usual layout, whatever ran
         return sr.squeeze(0) if squeeze else sr
 
     # ------------------------------------------------------------------------------- images
