@@ -65,12 +65,19 @@ def _contributions(in_len: int, out_len: int, scale: float) -> tuple[Tensor, Ten
     return idx0[:, keep].contiguous(), weights[:, keep].contiguous()
 
 
+@lru_cache(maxsize=256)
+def _device_contributions(in_len: int, out_len: int, scale: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`_contributions` on ``device`` in ``dtype``, cached: a training step resizes the same crop
+    size every time, and copying the tables from host memory at every step would make the host wait
+    for the device (a pageable host-to-device copy synchronises) four times per ``degrade``."""
+    idx, w = _contributions(in_len, out_len, scale)
+    return idx.to(device), w.to(device=device, dtype=dtype)
+
+
 def _resize_axis(x: Tensor, scale: float, out_len: int, dim: int) -> Tensor:
     """Resize ``x`` (float) along ``dim`` (-2 = height, -1 = width)."""
     in_len = x.shape[dim]
-    idx, w = _contributions(in_len, out_len, scale)
-    idx = idx.to(x.device)
-    w = w.to(device=x.device, dtype=x.dtype)
+    idx, w = _device_contributions(in_len, out_len, scale, x.device, x.dtype)
     taps = idx.shape[1]
     # gathered: (..., out_len * P, W) for dim=-2, or (..., H, out_len * P) for dim=-1
     gathered = x.index_select(dim, idx.reshape(-1))
