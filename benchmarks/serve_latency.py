@@ -1,11 +1,16 @@
 """Serve endpoint latency and throughput next to direct in-process Upscaler calls, measured in one run.
 
     python benchmarks/serve_latency.py [--blocks 16] [--features 64] [--requests 20] [--large-requests 5]
-                                       [--throughput-requests 32] [--clients 1,4,16]
+                                       [--model-requests 20] [--throughput-requests 32] [--clients 1,4,16]
+
+A count of 0 skips that part (--model-requests 0 also deploys without a second model, as before the
+allow-list existed, so the same script measures an older tree).
 
 1. Latency, one client: for 128x128 and 512x512 inputs (crops of a real photo), each round times a
    direct call in this process (decode + Upscaler + PNG encode, the work the endpoint does) and then
    the same image through HTTP -> Serve proxy -> replica. Reports p50/p99 of both and their ratio.
+   A third row sends the 128x128 input to a second model of the allow-list (the same weights in
+   another checkpoint directory) with the ``serve_multiplexed_model_id`` header: the multiplexed path.
 2. Throughput at 1, 4 and 16 concurrent clients (128x128 inputs), with batching (max_batch_size 8)
    and without (max_batch_size 1): requests/s, p50 latency and the mean batch size the replica reports,
    against the images/s of a direct in-process loop over the same images, timed just before each row.
@@ -66,13 +71,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deploy(checkpoint: str, *, threads: int, max_batch_size: int) -> None:
+def deploy(checkpoint: str, *, threads: int, max_batch_size: int, allowed: list[str] = ()) -> None:
     from ray import serve
 
     from srgan.distributed.serving import build_app
 
     args = {"model": checkpoint, "refresh_interval_s": 0, "num_cpus": 1, "torch_threads": threads,
             "max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 64}
+    if allowed:
+        args["allowed_models"] = list(allowed)
     serve.run(build_app(args), name="bench", route_prefix="/")
 
 
@@ -80,17 +87,17 @@ def direct_call(upscaler: Upscaler, data: bytes) -> bytes:
     return encode_image(upscaler.upscale_image(decode_image(data)), "png")
 
 
-def latency_rounds(upscaler: Upscaler, client: httpx.Client, data: bytes, rounds: int) -> tuple[list[float], list[float]]:
+def latency_rounds(upscaler: Upscaler, client: httpx.Client, data: bytes, rounds: int, headers: dict[str, str] | None = None) -> tuple[list[float], list[float]]:
     """Alternate direct and served calls on the same image (one warm-up each); seconds per call."""
     direct_call(upscaler, data)
-    client.post("/v1/upscale", content=data).raise_for_status()
+    client.post("/v1/upscale", content=data, headers=headers).raise_for_status()
     direct, served = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
         direct_call(upscaler, data)
         direct.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        client.post("/v1/upscale", content=data).raise_for_status()
+        client.post("/v1/upscale", content=data, headers=headers).raise_for_status()
         served.append(time.perf_counter() - t0)
     return direct, served
 
@@ -132,6 +139,7 @@ def main() -> None:
     p.add_argument("--features", type=int, default=64)
     p.add_argument("--requests", type=int, default=20, help="latency rounds for 128x128")
     p.add_argument("--large-requests", type=int, default=5, help="latency rounds for 512x512")
+    p.add_argument("--model-requests", type=int, default=20, help="latency rounds for 128x128 to a second model (routing header)")
     p.add_argument("--throughput-requests", type=int, default=32, help="timed requests per throughput setting")
     p.add_argument("--clients", default="1,4,16")
     args = p.parse_args()
@@ -143,7 +151,10 @@ def main() -> None:
 
     threads = torch.get_num_threads()
     torch.manual_seed(0)
-    checkpoint = str(save_generator(Path(tempfile.mkdtemp(prefix="bench-serve-")) / "model", SRResNet(num_blocks=args.blocks, num_features=args.features)))
+    folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    net = SRResNet(num_blocks=args.blocks, num_features=args.features)
+    checkpoint = str(save_generator(folder / "model", net))
+    second = str(save_generator(folder / "second", net))  # the same weights, as a second model of the allow-list
     upscaler = Upscaler.from_checkpoint(checkpoint, options=UpscalerOptions(device="cpu" if not torch.cuda.is_available() else "auto"))
     small, large = photo_png(128), photo_png(512)
 
@@ -156,11 +167,13 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     results: dict[str, object] = {"threads": threads, "model": f"SRResNet {args.blocks} blocks x {args.features} features, x4"}
     try:
-        deploy(checkpoint, threads=threads, max_batch_size=8)
+        deploy(checkpoint, threads=threads, max_batch_size=8, allowed=[second] if args.model_requests else [])
         with httpx.Client(base_url=url, timeout=600) as client:
             latency = {}
-            for name, data, rounds in (("128x128", small, args.requests), ("512x512", large, args.large_requests)):
-                direct, served = latency_rounds(upscaler, client, data, rounds)
+            cases = (("128x128", small, args.requests, None), ("512x512", large, args.large_requests, None),
+                     ("128 model", small, args.model_requests, {"serve_multiplexed_model_id": second}))
+            for name, data, rounds, headers in (case for case in cases if case[2] > 0):
+                direct, served = latency_rounds(upscaler, client, data, rounds, headers)
                 latency[name] = {
                     "rounds": rounds,
                     "direct_p50_s": percentile(direct, 50), "direct_p99_s": percentile(direct, 99),
@@ -170,7 +183,7 @@ def main() -> None:
             results["latency"] = latency
         bodies = [photo_png(128, offset=17 * i) for i in range(8)]
         rows = []
-        for batching, max_batch in (("on", 8), ("off", 1)):
+        for batching, max_batch in (("on", 8), ("off", 1)) if args.throughput_requests else ():
             deploy(checkpoint, threads=threads, max_batch_size=max_batch)
             for clients in (int(c) for c in args.clients.split(",")):
                 direct = direct_rate(upscaler, bodies)  # measured next to each row: the machine's load drifts

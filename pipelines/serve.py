@@ -6,8 +6,7 @@
     python pipelines/serve.py --allow-model models:/srgan-generator-gan@champion --allow-model models:/srgan-generator/3
 
     curl --data-binary @photo.png -o photo_x4.png http://127.0.0.1:8000/v1/upscale
-    curl --data-binary @photo.png -o photo_x4.png -H "serve_multiplexed_model_id: models:/srgan-generator/3" \
-        http://127.0.0.1:8000/v1/upscale
+    curl -H "serve_multiplexed_model_id: models:/srgan-generator/3" --data-binary @photo.png -o x4.png http://127.0.0.1:8000/v1/upscale
     open http://127.0.0.1:8000/ in a browser: the web page (upload, compare, download)
 
 Joins the Ray cluster at RAY_ADDRESS if set, else starts a local one. For a cluster deployment use

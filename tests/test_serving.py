@@ -173,12 +173,13 @@ def test_health_and_models(http, checkpoint, reference, other_checkpoints):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     default, *others = http.get("/v1/models").json()["models"]
     assert default["name"] == "small" and default["scale"] == 4 and default["default"] and default["loaded"]
-    assert default["version"] == weights_digest(reference.net_g) and default["source"] == default["id"] == str(checkpoint)
+    assert default["version"] == reference.version == weights_digest(_generator(seed=0))
+    assert default["source"] == default["id"] == str(checkpoint)
     # Every allowed model is listed with its scale and version, loaded or not.
     assert [m["id"] for m in others] == list(other_checkpoints.values())
     for model, path in zip(others, other_checkpoints.values()):
         assert (model["name"], model["scale"], model["resolved"], model["default"]) == (Path(path).name, 4, path, False)
-        assert model["version"] == weights_digest(Upscaler.from_checkpoint(path).net_g) != default["version"]
+        assert model["version"] == Upscaler.from_checkpoint(path).version != default["version"]
     assert "/v1/upscale" in http.get("/openapi.json").json()["paths"]
 
 

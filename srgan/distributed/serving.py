@@ -514,8 +514,9 @@ class UpscaleService:
         else:
             try:
                 card = self._card(ref)
-            except UserError as exc:
-                return {"id": ref, "source": ref, "default": False, "loaded": False, "error": " ".join(str(exc).split())}
+            except Exception as exc:  # noqa: BLE001 - gone from the registry, or the registry is down: list it as such
+                log.warning("cannot describe %s: %s", ref, exc)
+                return {"id": ref, "source": ref, "default": False, "loaded": False, "error": " ".join(str(exc).split())[:300]}
         return {"id": ref, "name": card.name, "version": card.version, "scale": card.scale, "source": ref,
                 "resolved": card.resolved, "default": ref == self.config.model, "loaded": upscaler is not None}
 

@@ -57,9 +57,11 @@ async function loadModels() {
   for (const model of (await resp.json()).models) {
     const option = document.createElement("option");
     option.value = model.id;
-    option.textContent = `${model.name} ${model.version} (x${model.scale})${model.default ? ", default" : ""}`;
-    option.title = model.id; // the full reference, on hover
-    if (model.error) option.disabled = true; // allowed, but it cannot be resolved now
+    option.textContent = model.error
+      ? `${model.id} (unavailable)` // allowed, but it cannot be resolved now
+      : `${model.name} ${model.version} (x${model.scale})${model.default ? ", default" : ""}`;
+    option.title = model.error || model.id; // the full reference (or what went wrong), on hover
+    option.disabled = Boolean(model.error);
     if (model.default) {
       defaultModel = model.id;
       option.selected = true;
