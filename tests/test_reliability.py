@@ -1,11 +1,13 @@
 """Reliability: recovery from faults, on real parts (marked ``reliability``: CI runs this module as a
 pytest session of its own, with its own time budget, after the functional suite).
 
-A training worker killed mid-run: the SRGAN phase, two DDP workers (gloo) on the session's Ray cluster,
+- A training worker killed mid-run: the SRGAN phase, two DDP workers (gloo) on the session's Ray cluster,
 from a generator checkpoint saved here, MLflow on SQLite. One worker process is SIGKILLed by pid
 after Ray Train has registered a checkpoint; Ray Train's failure policy restarts the worker group from
 it (G, D, both optimisers, EMA, RNG), and the run finishes by itself in the same MLflow run with
 every step logged exactly once.
+- A bulk upscaling job killed part-way (SIGKILL of its driver), then rerun: exactly one complete
+  output per input, and what was complete before the kill is not redone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+import boto3
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -141,3 +145,45 @@ def test_srgan_run_survives_a_killed_worker(ray_cluster, repo_root, local_data, 
     states = [torch.load(p, map_location="cpu", weights_only=True) for p in run_dir.glob("**/training_state.pt")]
     state = max(states, key=lambda s: s["step"])
     assert state["step"] == steps and state["optimizer_d"]["state"] and state["optimizer"]["state"]
+
+
+def _s3_objects(client, bucket: str, prefix: str) -> dict[str, str]:
+    """key (relative to prefix) -> ETag of every object under the prefix."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return {o["Key"][len(prefix) + 1 :]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_bulk_killed_part_way_then_rerun_leaves_one_complete_output_each(repo_root, ray_cluster, s3_bucket, tmp_path):
+    import io
+
+    from srgan.core.images import decode_image
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    photo = load_photo("astronaut.png")
+    for i in range(16):
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(photo[8 * i : 8 * i + 192, 8 * i : 8 * i + 192])).save(buf, format="PNG")
+        client.put_object(Bucket=s3_bucket, Key=f"many/{i % 4}/img_{i:02d}.png", Body=buf.getvalue())
+    torch.manual_seed(0)
+    checkpoint = save_generator(tmp_path / "small", build_generator(GeneratorConfig(num_blocks=2, num_features=16)))
+    inputs = sorted(_s3_objects(client, s3_bucket, "many"))
+    args = [sys.executable, str(repo_root / "pipelines" / "upscale.py"), "--input", f"s3://{s3_bucket}/many",
+            "--output", f"s3://{s3_bucket}/many-x4", "--model", str(checkpoint), "--num-cpus", "0.25", "--batch-size", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and len(_s3_objects(client, s3_bucket, "many-x4")) < 2:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=30)
+    written = _s3_objects(client, s3_bucket, "many-x4")
+    assert 2 <= len(written) < len(inputs), f"not killed part-way: {len(written)} of {len(inputs)} written"
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    after = _s3_objects(client, s3_bucket, "many-x4")
+    assert sorted(after) == inputs  # exactly one output per input, no report (nothing failed), nothing else
+    skipped = int(rerun.stdout.split("skipped ")[1].split(",")[0])
+    assert skipped >= len(written)  # what was complete before the kill was not redone
+    for key in after:
+        body = client.get_object(Bucket=s3_bucket, Key=f"many-x4/{key}")["Body"].read()
+        assert decode_image(body).size == (768, 768)  # whole, decodable
