@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from srgan.distributed.bulk import BulkUpscaleConfig, run_bulk_upscale  # noqa: E402
-from srgan.app.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli  # noqa: E402
+from srgan.app.cli import add_limit_arguments, add_model_arguments, add_runtime_argument, limits_from_args, run_cli  # noqa: E402
 from srgan.tracking.refs import DEFAULT_MODEL  # noqa: E402
 
 
@@ -27,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="local path, file:// or s3:// prefix of images (any depth), or Parquet shards")
     p.add_argument("--output", required=True, help="local path, file:// or s3:// prefix (not the input or inside it)")
     add_model_arguments(p, default_model=DEFAULT_MODEL)
+    add_runtime_argument(p)
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None, help="output format (default: each input's own)")
     p.add_argument("--quality", type=int, default=90, help="1..100, for jpeg and webp")
     p.add_argument("--workers", type=int, default=1, help="actors, each with its own copy of the model")
@@ -55,6 +56,7 @@ def main() -> int:
         tile_size=args.tile_size,
         s3_endpoint=args.s3_endpoint,
         limits=limits_from_args(args),
+        runtime=args.runtime,
     )
     summary = run_bulk_upscale(config, report=lambda line: print(line, flush=True))
     print(summary.line(), flush=True)

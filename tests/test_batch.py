@@ -147,9 +147,11 @@ def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(repo_root, 
     stale = out / "a" / f".one.png.0badc0de{TMP_SUFFIX}"  # what a killed run can leave behind
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"partial")
+    # The actor runs the generator with onnxruntime (exported on the fly): the bulk job's other runtime.
     proc = _upscale(repo_root, "--input", str(tmp_path / "shards"), "--output", str(out), "--model", str(checkpoint),
-                    "--format", "webp", "--num-cpus", "0.25")
+                    "--format", "webp", "--num-cpus", "0.25", "--runtime", "onnxruntime")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"model {checkpoint} (onnxruntime)" in proc.stdout, proc.stdout
     assert "done 3, skipped 3, failed 0" in proc.stdout and "upscaled 3/3" in proc.stdout, proc.stdout
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == sorted(os.path.splitext(k)[0] + ".webp" for k in GOOD)  # no temporaries, no report
@@ -183,6 +185,14 @@ def test_actor_arguments_do_not_grow_with_the_inputs(tmp_path, checkpoint):
         assert len(plan.todo) == count
         sizes.append(len(pickle.dumps(actor_arguments(config, plan, source))))
     assert sizes[0] == sizes[1]
+
+
+def test_onnxruntime_on_a_gpu_is_refused_in_one_line(cli, tmp_path, checkpoint):
+    proc = cli("upscale", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--model", str(checkpoint),
+               "--runtime", "onnxruntime", "--gpu")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "onnxruntime runtime runs on the CPU" in lines[0], proc.stderr
 
 
 def test_output_at_or_inside_input_is_refused(cli, tmp_path, checkpoint):

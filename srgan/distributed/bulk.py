@@ -49,7 +49,7 @@ from srgan.errors import UserError
 from srgan.config import CORE, OPTIONS, Float, Int, PositiveInt, must, one_line
 from srgan.core.images import FORMAT_EXTENSIONS, ImageError, ImageLimits, decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions
-from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, load_upscaler, resolve_model
+from srgan.tracking.refs import DEFAULT_MODEL, RUNTIMES, ModelSource, load_upscaler, resolve_model
 from srgan.io.storage import resolve
 
 __all__ = ["BulkUpscaleConfig", "BulkSummary", "UpscaleBatch", "output_key", "plan_outputs", "plan_from_listing",
@@ -89,10 +89,13 @@ class BulkUpscaleConfig:
     tile_size: Int = 256
     s3_endpoint: str | None = None
     limits: Annotated[ImageLimits, CORE] = field(default_factory=ImageLimits)
+    runtime: Annotated[str, must("torch or onnxruntime", lambda r: r in RUNTIMES)] = "torch"  # docs/export.md
 
     @model_validator(mode="after")
     def _check(self) -> BulkUpscaleConfig:
         self.upscaler_options()  # the core's own checks (tile_size)
+        if self.runtime == "onnxruntime" and self.gpu:
+            raise ValueError("the onnxruntime runtime runs on the CPU: drop --gpu, or use --runtime torch")
         return self
 
     _one_line = one_line(UserError, name=_flag)  # after the validator above, so that it wraps it
@@ -330,10 +333,10 @@ class UpscaleBatch:
     Bad input is a row with ``ok=False``, never an exception."""
 
     def __init__(self, *, source: ModelSource, options: UpscalerOptions, output: str, s3_endpoint: str | None,
-                 in_root: str | None, fmt: str | None, quality: int, limits: ImageLimits) -> None:
+                 in_root: str | None, fmt: str | None, quality: int, limits: ImageLimits, runtime: str = "torch") -> None:
         # O(1) state, whatever the number of inputs: the read delivers only what is left to do, and
         # each output key is computed here from its input key.
-        self.upscaler = load_upscaler(source, options=options)
+        self.upscaler = load_upscaler(source, runtime=runtime, options=options)
         self.store = OutputStore(output, s3_endpoint)
         self.in_root, self.fmt, self.quality, self.limits = in_root, fmt, quality, limits
 
@@ -395,6 +398,7 @@ def actor_arguments(config: BulkUpscaleConfig, plan: Plan, source: ModelSource) 
         "fmt": config.format,
         "quality": config.quality,
         "limits": config.limits,
+        "runtime": config.runtime,
     }
 
 
@@ -492,8 +496,12 @@ def run_bulk_upscale(config: BulkUpscaleConfig, *, report: Callable[[str], None]
     report(f"{len(plan.todo)} to upscale, {plan.skipped} already done (skipped), {len(plan.failures)} refused")
     failures = list(plan.failures)
     if plan.todo:
+        if config.runtime == "onnxruntime":
+            from srgan.export import onnx_export
+
+            onnx_export.require("onnxruntime")  # a missing extra is one line here, not an actor failure
         source = resolve_model(config.model, tracking_uri=config.tracking_uri)  # before Ray starts
-        report(f"model {source.uri}; {config.workers} worker(s){' with a GPU each' if config.gpu else ''}")
+        report(f"model {source.uri} ({config.runtime}); {config.workers} worker(s){' with a GPU each' if config.gpu else ''}")
         failures += _execute(config, plan, source, summary, report)
     summary.failed = len(failures)
     summary.errors_report = _write_report(store, failures)
