@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from srgan.app.cli import add_limit_arguments, add_model_arguments, limits_from_args, run_cli, setup_logging  # noqa: E402
+from srgan.app.cli import add_limit_arguments, add_model_arguments, add_runtime_argument, limits_from_args, run_cli, setup_logging  # noqa: E402
 from srgan.tracking.refs import DEFAULT_MODEL  # noqa: E402
 from srgan.distributed.serving import check_options, run_server  # noqa: E402
 
@@ -29,6 +29,7 @@ from srgan.distributed.serving import check_options, run_server  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, default_model=DEFAULT_MODEL)
+    add_runtime_argument(p)
     p.add_argument("--allow-model", action="append", default=[], metavar="REF",
                    help="another model a request may choose (?model=REF or the serve_multiplexed_model_id header); repeatable")
     p.add_argument("--max-models-per-replica", type=int, default=3,
@@ -68,6 +69,7 @@ def main() -> int:
         "tile_size": args.tile_size,
         "batch_max_side": args.tile_size,
         "torch_threads": args.torch_threads,
+        "runtime": args.runtime,
         "num_replicas": args.replicas,
         "min_replicas": args.min_replicas,
         "max_replicas": args.max_replicas,

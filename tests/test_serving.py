@@ -156,6 +156,7 @@ def test_default_model_without_registry_is_a_clear_error(cli, tmp_path):
     (["--min-replicas", "3", "--max-replicas", "2"], "min_replicas <= max_replicas"),
     (["--allow-model", "/no/such/other"], "checkpoint /no/such/other does not exist"),
     (["--max-models-per-replica", "0"], "max_models_per_replica"),
+    (["--runtime", "onnxruntime", "--gpu"], "onnxruntime runtime runs on the CPU"),
 ])
 def test_bad_serve_flags_are_one_line_errors(cli, tmp_path, checkpoint, args, match):
     argv = ["--model", str(checkpoint), *args] if args[0] != "--model" else args

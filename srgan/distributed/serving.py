@@ -67,7 +67,7 @@ from srgan.config import OPTIONS, Float, Int, NonNegativeFloat, NonNegativeInt, 
 from srgan.core.checkpoint import load_generator
 from srgan.core.images import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions, weights_digest
-from srgan.tracking.refs import DEFAULT_MODEL, ModelSource, fetch_model, load_upscaler, resolve_model
+from srgan.tracking.refs import DEFAULT_MODEL, RUNTIMES, ModelSource, fetch_model, load_upscaler, resolve_model
 
 __all__ = ["ServeOptions", "ModelConfig", "UpscaleService", "build_app", "run_server", "APP_NAME", "DEPLOYMENT_NAME"]
 
@@ -134,6 +134,7 @@ class ServeOptions:
     tile_size: Int = 256
     device: str = "auto"
     precision: str = "fp32"
+    runtime: Annotated[str, must("torch or onnxruntime", lambda r: r in RUNTIMES)] = "torch"  # onnxruntime: CPU replicas (docs/export.md)
     torch_threads: NonNegativeInt = 0  # intra-op threads per replica; 0 = Ray's default (its num_cpus, at least 1)
     quality: Annotated[Int, Field(ge=1, le=100)] = 90  # lossy output quality when the request gives none
     # deployment
@@ -154,6 +155,8 @@ class ServeOptions:
             if low < 0 or high < 1 or low > high:
                 raise ValueError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got {low} and {high}")
         self.upscaler_options()  # the core's own checks (device, precision, tile_size)
+        if self.runtime == "onnxruntime" and (self.num_gpus > 0 or self.device not in ("auto", "cpu")):
+            raise ValueError("the onnxruntime runtime runs on the CPU: drop --gpu (num_gpus, device), or use --runtime torch")
         return self
 
     @classmethod
@@ -406,7 +409,7 @@ class UpscaleService:
 
     def _load(self, config: ModelConfig, source: ModelSource | None = None) -> Upscaler:
         source = source or resolve_model(config.model, tracking_uri=config.tracking_uri)
-        upscaler = load_upscaler(source, options=self.options.upscaler_options())
+        upscaler = load_upscaler(source, runtime=self.options.runtime, options=self.options.upscaler_options())
         log.info("loaded %s (version %s) from %s", source.name, upscaler.version, source.uri)
         return upscaler
 
