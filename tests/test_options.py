@@ -15,15 +15,16 @@ from srgan.tracking.refs import DEFAULT_MODEL
 
 SERVE_DEFAULTS = {
     "model": DEFAULT_MODEL, "tracking_uri": None, "refresh_interval_s": 30.0,
+    "allowed_models": (), "max_models_per_replica": 3,
     "max_bytes": ImageLimits.max_bytes, "max_pixels": ImageLimits.max_pixels,
     "max_batch_size": 8, "batch_wait_timeout_s": 0.01, "batch_max_side": 256, "tile_size": 256, "device": "auto",
-    "precision": "fp32", "torch_threads": 0, "quality": 90,
+    "precision": "fp32", "runtime": "torch", "torch_threads": 0, "quality": 90,
     "num_replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing_requests": 2.0,
     "max_ongoing_requests": 32, "num_cpus": 1.0, "num_gpus": 0.0,
 }
 BULK_DEFAULTS = {
     "model": DEFAULT_MODEL, "tracking_uri": None, "format": None, "quality": 90, "workers": 1, "gpu": False,
-    "num_cpus": 1.0, "batch_size": 4, "tile_size": 256, "s3_endpoint": None, "limits": ImageLimits(),
+    "num_cpus": 1.0, "batch_size": 4, "tile_size": 256, "s3_endpoint": None, "limits": ImageLimits(), "runtime": "torch",
 }
 
 
