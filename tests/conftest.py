@@ -273,6 +273,35 @@ def cli(capsys, monkeypatch):
     return run
 
 
+def closed_port() -> int:
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fresh_urllib_opener():
+    """urllib reads the proxy variables once, when its first urlopen() builds the process's opener
+    (torch.hub downloads through it): drop that opener before and after, so this test's variables apply."""
+    import urllib.request
+
+    urllib.request.install_opener(None)
+    yield
+    urllib.request.install_opener(None)
+
+
+@pytest.fixture
+def no_network(monkeypatch, fresh_urllib_opener):
+    """Every HTTP(S) request goes to a proxy on a closed port: a download fails for real, at once, even
+    on a machine with a network (which must not download hundreds of MB)."""
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    return proxy
+
+
 # ------------------------------------------------------------------------- the session's champion
 
 TRAIN_PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "ihc.png", "retina.jpg", "hubble_deep_field.jpg"]

@@ -7,8 +7,6 @@ reported as unavailable and the other metrics still are."""
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,26 +18,6 @@ from srgan.core.evaluation import read_uint8
 from srgan.io.perceptual import LPIPSUnavailableError, load_lpips
 
 ALEX_FILE = "alexnet-owt-7be5be79.pth"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:  # bound, then closed: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """HTTP(S) through a proxy on a closed port: a download fails for real, even on a machine with a
-    network. urllib builds its opener (and reads the proxy variables) once: drop it before and after."""
-    proxy = f"http://127.0.0.1:{_closed_port()}"
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(name, proxy)
-    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    urllib.request.install_opener(None)
-    yield
-    urllib.request.install_opener(None)
 
 
 def _alexnet_features_state() -> dict[str, torch.Tensor]:

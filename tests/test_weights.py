@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import socket
 import threading
 import time
-import urllib.request
 
 import pytest
 import torch
@@ -23,33 +21,6 @@ from srgan.io import weights
 from srgan.io.storage import fetch_weights_file
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:  # bound, then closed: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def fresh_urllib_opener():
-    """urllib reads the proxy variables once, when its first urlopen() builds the process's opener
-    (torch.hub downloads through it): drop that opener before and after, so this test's variables apply."""
-    urllib.request.install_opener(None)
-    yield
-    urllib.request.install_opener(None)
-
-
-@pytest.fixture
-def no_network(monkeypatch, fresh_urllib_opener):
-    """Every HTTP(S) request goes to a proxy on a closed port: a download fails for real, at once, even
-    on a machine with a network (which must not download 548 MB)."""
-    proxy = f"http://127.0.0.1:{_closed_port()}"
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.setenv(name, proxy)
-    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    return proxy
 
 
 @pytest.fixture
