@@ -302,6 +302,31 @@ def no_network(monkeypatch, fresh_urllib_opener):
     return proxy
 
 
+def write_local_training_data(root: Path, datasets_dir: Path) -> tuple[Path, Path]:
+    """Four real photos to train on (``root/train``); two Set5 images, HR + MATLAB LR, to validate on
+    (``root/val``, the shared layout). Returns (train dir, val dir)."""
+    from PIL import Image
+
+    (root / "train").mkdir(parents=True)
+    for name in ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "coffee.png"):
+        Image.fromarray(load_photo(name)).convert("RGB").save(root / "train" / f"{Path(name).stem}.png")
+    for sub, suffix in (("HR", ""), ("LR_bicubic/X4", "x4")):
+        (root / "val" / sub).mkdir(parents=True)
+        for name in ("butterfly", "head"):
+            shutil.copy(datasets_dir / "Set5" / sub / f"{name}{suffix}.png", root / "val" / sub)
+    return root / "train", root / "val"
+
+
+def randomise_bn_statistics(net: torch.nn.Module) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial running statistics (eval-mode BN is then a real affine map,
+    not the identity a fresh net has); returns ``net`` in eval mode."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
 # ------------------------------------------------------------------------- the session's champion
 
 TRAIN_PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "ihc.png", "retina.jpg", "hubble_deep_field.jpg"]

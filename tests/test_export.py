@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_photo
+from conftest import load_photo, randomise_bn_statistics
 from srgan.core.checkpoint import save_generator
 from srgan.core.degrade import bicubic_upscale, degrade
 from srgan.core.inference import Upscaler, UpscalerOptions, weights_digest
@@ -29,11 +29,7 @@ def _net(seed: int = 0, *, skip: bool = True) -> SRResNet:
     """A small x4 generator with non-trivial weights and BN statistics, with the demo's bicubic skip."""
     torch.manual_seed(seed)
     net = SRResNet(num_blocks=2, num_features=8, bicubic_skip=skip)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
+    return randomise_bn_statistics(net)
 
 
 def _photo_lq(name: str = "chelsea.png") -> torch.Tensor:

@@ -29,13 +29,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import load_photo
+from conftest import load_photo, write_local_training_data
 from srgan.core.checkpoint import save_generator
 from srgan.core.models import GeneratorConfig, build_generator
 
 pytestmark = pytest.mark.reliability
 
-PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "coffee.png"]
 SMALL = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true",
          "--set", "discriminator.base_features=8", "--set", "discriminator.dense_features=16"]
 
@@ -85,16 +84,7 @@ def _steps(client, run_id, key) -> list[int]:
 @pytest.fixture()
 def local_data(tmp_path, datasets_dir):
     """Four real photos to train on; two Set5 images (HR + MATLAB LR) to validate on."""
-    import shutil
-
-    (tmp_path / "train").mkdir()
-    for name in PHOTOS:
-        Image.fromarray(load_photo(name)).convert("RGB").save(tmp_path / "train" / f"{Path(name).stem}.png")
-    for sub, suffix in (("HR", ""), ("LR_bicubic/X4", "x4")):
-        (tmp_path / "val" / sub).mkdir(parents=True)
-        for name in ("butterfly", "head"):
-            shutil.copy(datasets_dir / "Set5" / sub / f"{name}{suffix}.png", tmp_path / "val" / sub)
-    return tmp_path / "train", tmp_path / "val"
+    return write_local_training_data(tmp_path, datasets_dir)
 
 
 def test_srgan_run_survives_a_killed_worker(ray_cluster, repo_root, local_data, tmp_path):

@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import _free_port, load_photo
+from conftest import _free_port, load_photo, randomise_bn_statistics
 from srgan.core.checkpoint import save_generator
 from srgan.core.images import decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions, weights_digest
@@ -43,11 +43,7 @@ def _generator(seed: int):
     """A small generator with non-trivial weights and BN statistics (so its output depends on them)."""
     torch.manual_seed(seed)
     net = build_generator(GeneratorConfig(num_blocks=2, num_features=16))
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
+    return randomise_bn_statistics(net)
 
 
 def _encode(arr: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:

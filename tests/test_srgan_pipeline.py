@@ -8,7 +8,6 @@ SRResNet phase in tests/test_train_pipeline.py; both restore through the same tr
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
-from conftest import load_photo
+from conftest import write_local_training_data
 from srgan.core.checkpoint import save_generator, state_fingerprint
 from srgan.tracking.refs import load_generator_ref
 from srgan.core.models import DiscriminatorConfig, GeneratorConfig, build_discriminator, build_generator
 
-PHOTOS = ["astronaut.png", "rocket.jpg", "motorcycle_left.png", "coffee.png"]
 SMALL_D = ["--set", "discriminator.base_features=8", "--set", "discriminator.dense_features=16"]
 
 
@@ -38,15 +35,7 @@ def _steps(client, run_id, key) -> list[int]:
 @pytest.fixture(scope="module")
 def local_data(tmp_path_factory, datasets_dir):
     """Four real photos to train on; two Set5 images (HR + MATLAB LR) to validate on."""
-    root = tmp_path_factory.mktemp("srgan-data")
-    (root / "train").mkdir()
-    for name in PHOTOS:
-        Image.fromarray(load_photo(name)).convert("RGB").save(root / "train" / f"{Path(name).stem}.png")
-    for sub, suffix in (("HR", ""), ("LR_bicubic/X4", "x4")):
-        (root / "val" / sub).mkdir(parents=True)
-        for name in ("butterfly", "head"):
-            shutil.copy(datasets_dir / "Set5" / sub / f"{name}{suffix}.png", root / "val" / sub)
-    return root / "train", root / "val"
+    return write_local_training_data(tmp_path_factory.mktemp("srgan-data"), datasets_dir)
 
 
 def test_srgan_phase_from_the_champion(ray_cluster, repo_root, srresnet_champion):

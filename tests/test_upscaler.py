@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_photo
+from conftest import load_photo, randomise_bn_statistics
 from srgan.core.checkpoint import save_generator
 from srgan.core.degrade import bicubic_upscale, degrade
 from srgan.core.images import decode_image, encode_image
@@ -22,11 +22,7 @@ def _net(num_blocks: int = 4, seed: int = 0) -> SRResNet:
     """A small generator with non-trivial weights and BN statistics (eval-mode BN is an affine map)."""
     torch.manual_seed(seed)
     net = SRResNet(num_blocks=num_blocks, num_features=16)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
+    return randomise_bn_statistics(net)
 
 
 def _photo_lq(name: str = "chelsea.png") -> torch.Tensor:
