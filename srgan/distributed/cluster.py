@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 
-__all__ = ["init_ray", "quiet_framework_logs", "quiet_local_framework_logs"]
+__all__ = ["init_ray", "local_disk_threshold", "quiet_framework_logs", "quiet_local_framework_logs"]
+
+# Ray refuses to create (spill) objects once its temp disk is over 95% full, and its raylet logs that
+# every 10 s to the console. On a big shared disk 5% is many GB; a local cluster keeps this much free.
+_LOCAL_DISK_RESERVE_BYTES = 2 * 1024**3
+_RAY_DEFAULT_DISK_THRESHOLD = 0.95
 
 
 def init_ray() -> None:
@@ -33,13 +40,36 @@ def init_ray() -> None:
         # is on (bound to 127.0.0.1): it serves the State API that Ray Train's placement-group
         # cleaner polls (without it, a warning every second), and it is Ray's own UI for the run.
         context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
-                           configure_logging=False, runtime_env=runtime_env)
+                           configure_logging=False, runtime_env=runtime_env,
+                           _system_config={"local_fs_capacity_threshold": _local_disk_guard()})
         if context.dashboard_url:
             print(f"[srgan] Ray dashboard: http://{context.dashboard_url}", flush=True)
     from ray.data import DataContext  # RAY
 
     # No progress bars from Ray Data: the training loop and the bulk job print their own progress.
     DataContext.get_current().enable_progress_bars = False
+
+
+def local_disk_threshold(capacity: int) -> float:
+    """Ray's ``local_fs_capacity_threshold`` (the used fraction above which object creation fails) for
+    a local cluster on a disk of ``capacity`` bytes: Ray's 95%, or, on a disk so big that 5% is more
+    than the reserve, whatever keeps exactly the reserve free."""
+    if capacity <= 0:
+        return _RAY_DEFAULT_DISK_THRESHOLD
+    return max(_RAY_DEFAULT_DISK_THRESHOLD, 1.0 - _LOCAL_DISK_RESERVE_BYTES / capacity)
+
+
+def _local_disk_guard() -> float:
+    """The threshold for the disk under Ray's temp dir, with one console line (instead of Ray's every
+    10 s) when that disk is short of space."""
+    root = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    usage = shutil.disk_usage(root)
+    threshold = local_disk_threshold(usage.total)
+    if usage.free < 2.5 * _LOCAL_DISK_RESERVE_BYTES or 1 - usage.free / usage.total >= threshold:
+        print(f"[srgan] warning: the disk under {root} has {usage.free / 1024**3:.1f} GiB free of "
+              f"{usage.total / 1024**3:.0f} GiB; Ray stops spilling objects at {threshold:.1%} full. "
+              "Free space there or set RAY_TMPDIR to a bigger disk.", flush=True)
+    return threshold
 
 
 # Framework lines that repeat every epoch, checkpoint or worker-group start and say nothing a user acts
