@@ -1,0 +1,113 @@
+"""Real services for the harness, on 127.0.0.1: a local Ray head (and extra nodes), a moto S3 server.
+(MLflow on PostgreSQL: tests/servers.py's ``postgres`` and ``mlflow_server``, imported from here.)"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmarks.faults import REPO
+
+sys.path.insert(0, str(REPO / "tests"))
+from servers import free_port, mlflow_server, postgres, stop, wait_for_port  # noqa: E402,F401 - re-exported
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def harness_auth() -> None:
+    """Token auth on, with a token file of this run's own (never the user's ~/.ray/auth_token)."""
+    folder = Path(tempfile.mkdtemp(prefix="srgan-rel-auth-"))
+    path = folder / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)})
+
+
+def _ray_env() -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _ray_start(args: list[str]) -> None:
+    for attempt in (1, 2):  # a loaded machine can miss GCS's start-up deadline once
+        proc = subprocess.run([RAY, "start", *args], capture_output=True, text=True, timeout=180, env=_ray_env())
+        if proc.returncode == 0:
+            return
+        if attempt == 2 or "Deadline Exceeded" not in proc.stdout + proc.stderr:
+            raise RuntimeError(f"ray start failed: {(proc.stdout + proc.stderr)[-2000:]}")
+
+
+@contextmanager
+def ray_head(temp_dir: Path, *, num_cpus: int = 2, resources: str | None = None) -> Iterator[dict[str, str]]:
+    """``ray start --head`` on 127.0.0.1 with free ports and the dashboard (State and job API) on the
+    loopback; yields {"address", "dashboard", "temp_dir"}; stops only this cluster's processes."""
+    ports = {name: free_port() for name in (
+        "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port", "dashboard-port")}
+    args = ["--head", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--object-store-memory=1000000000",
+            "--disable-usage-stats", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    args += [f"--{name}={port}" for name, port in ports.items()]
+    if resources:
+        args.append(f"--resources={resources}")
+    _ray_start(args)
+    try:
+        yield {"address": f"127.0.0.1:{ports['port']}", "dashboard": f"http://127.0.0.1:{ports['dashboard-port']}",
+               "temp_dir": str(temp_dir)}
+    finally:
+        kill_matching(str(temp_dir))
+
+
+def ray_worker_node(address: str, *, num_cpus: int = 1, resources: str | None = None) -> None:
+    """A second node joined to ``address`` (its own raylet and object store), blocking until it is up."""
+    args = [f"--address={address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+            "--object-store-memory=500000000", "--disable-usage-stats"]
+    if resources:
+        args.append(f"--resources={resources}")
+    _ray_start(args)
+
+
+def kill_matching(pattern: str, grace_s: float = 2.0) -> None:
+    """SIGTERM then SIGKILL every process whose command line holds ``pattern``."""
+    subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
+    time.sleep(grace_s)
+    subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True)
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with fake keys in the standard AWS variables; yields its endpoint."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto S3 server did not start") from None
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIASRGANRELIABILITY",
+                       "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30), "AWS_REGION": "us-east-1"})
+    try:
+        yield endpoint
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
