@@ -23,6 +23,9 @@ Guarantees:
   output key) is listed with its key, kind and reason in ``_upscale_errors.jsonl`` (JSON lines, sorted
   by key) under the output prefix; the job goes on. The report is rewritten only when it changes.
 - The output prefix may not be the input prefix or lie inside it, so no input is ever overwritten.
+- Transient object-store errors (503 SlowDown, 500, a reset connection) are retried with bounded
+  attempts on every read, listing and write (srgan.io.storage): a run under faults writes the same
+  bytes as a fault-free one (benchmarks/faults/data.py's s3-faults scenario compares them by hash).
 - Scale: an actor's state is O(1) in the number of inputs (its constructor arguments are a few hundred
   bytes at a million inputs); the driver's plan is O(N) (the listing itself). BENCHMARKS.md's
   bulk-plan row measures both at 1,000,000 keys.
@@ -50,7 +53,7 @@ from srgan.config import CORE, OPTIONS, Float, Int, PositiveInt, must, one_line
 from srgan.core.images import FORMAT_EXTENSIONS, ImageError, ImageLimits, decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions
 from srgan.tracking.refs import DEFAULT_MODEL, RUNTIMES, ModelSource, load_upscaler, resolve_model
-from srgan.io.storage import resolve
+from srgan.io.storage import resolve, s3_client
 
 __all__ = ["BulkUpscaleConfig", "BulkSummary", "UpscaleBatch", "output_key", "plan_outputs", "plan_from_listing",
            "actor_arguments", "run_bulk_upscale", "ERRORS_REPORT"]
@@ -134,18 +137,6 @@ def _join(root: str, key: str) -> str:
     return f"{root.rstrip('/')}/{key}"
 
 
-def _s3_client(endpoint: str | None):
-    """boto3 for writes: one PUT per object, so an object is visible whole or not at all (pyarrow's
-    S3 streams complete a multipart upload even when a write failed part-way)."""
-    import boto3
-    from botocore.config import Config
-
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    config = Config(s3={"addressing_style": "path"}) if endpoint else None  # custom endpoints want path style
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
-
-
 class OutputStore:
     """Writes whole files/objects under an output prefix (see the module docstring)."""
 
@@ -167,7 +158,10 @@ class OutputStore:
             os.replace(tmp, path)  # atomic on one filesystem: the name appears with the whole content
             return
         if self._client is None:
-            self._client = _s3_client(self._s3_endpoint)
+            # boto3 for writes: one PUT per object, so an object is visible whole or not at all (pyarrow's
+            # S3 streams complete a multipart upload even when a write failed part-way). It retries
+            # transient errors (srgan.io.storage.s3_client); a whole-object PUT is idempotent.
+            self._client = s3_client(self._s3_endpoint)
         bucket, _, object_key = path.partition("/")
         self._client.put_object(Bucket=bucket, Key=object_key, Body=data)
 

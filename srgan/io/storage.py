@@ -3,6 +3,13 @@
 S3 is configured only by the standard AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION), an instance role, or an
 explicit ``endpoint`` argument. No credentials are ever passed through code or config files.
+
+Object stores fail transiently (``503 SlowDown`` when a prefix is hot, ``500 InternalError``, a reset
+connection): every S3 client made here retries those with bounded attempts and jittered exponential
+backoff (:data:`S3_MAX_ATTEMPTS`), pyarrow through ``AwsStandardS3RetryStrategy`` and boto3 through
+botocore's ``standard`` retry mode. A faulted request that is retried leaves the store as a fault-free
+run leaves it (GETs and whole-object PUTs are idempotent), so outputs do not depend on the faults
+(benchmarks/faults/data.py, tests/test_s3_faults.py).
 """
 
 from __future__ import annotations
@@ -16,12 +23,53 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["s3_filesystem", "resolve", "fetch_to_local", "fetch_weights_file"]
+__all__ = ["S3_MAX_ATTEMPTS", "RetryingS3FileSystem", "s3_endpoint_url", "s3_filesystem", "s3_client", "resolve", "fetch_to_local", "fetch_weights_file"]
+
+# Attempts per S3 request, the first included. At a 20% transient-fault rate, 10 attempts leave about
+# 1e-7 of the requests failed; the standard strategies' backoff (random up to 2^n s, at most 20 s)
+# keeps a throttled prefix from being hammered. The AWS SDKs default to 3.
+S3_MAX_ATTEMPTS = 10
 
 
-def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
-    """An S3FileSystem from the standard AWS environment, with an optional endpoint override."""
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+def s3_endpoint_url(endpoint: str | None = None) -> str | None:
+    """The S3 endpoint: ``endpoint``, else the standard variables (``AWS_ENDPOINT_URL_S3``, then
+    ``AWS_ENDPOINT_URL``), else None (AWS itself)."""
+    return endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3FileSystem with a retry strategy that survives pickling.
+
+    pyarrow 25 pickles an S3FileSystem without its ``retry_strategy`` (``__reduce__`` leaves it out), so
+    the copy a Ray task unpickles would retry 3 times, AWS's default, whatever the driver set. This
+    subclass pickles its own arguments and rebuilds itself, strategy included."""
+
+    def __init__(self, *, max_attempts: int, **kwargs) -> None:
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **kwargs)
+        self._arguments = (max_attempts, kwargs)
+
+    @property
+    def max_attempts(self) -> int:
+        return self._arguments[0]
+
+    def __reduce__(self):
+        return _rebuild_s3_filesystem, self._arguments
+
+
+def _rebuild_s3_filesystem(max_attempts: int, kwargs: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(max_attempts=max_attempts, **kwargs)
+
+
+def s3_filesystem(endpoint: str | None = None, *, max_attempts: int = S3_MAX_ATTEMPTS) -> RetryingS3FileSystem:
+    """An S3FileSystem from the standard AWS environment, with an optional endpoint override, that
+    retries transient errors (``max_attempts`` per request, AWS's standard strategy), in this process
+    and in every Ray worker it is pickled to (:class:`RetryingS3FileSystem`).
+
+    Ray Train's checkpoints go through it too when the trainer passes it as
+    ``RunConfig(storage_filesystem=...)`` with the storage path made bucket-relative."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    endpoint = s3_endpoint_url(endpoint)
     kwargs: dict = {}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
@@ -32,7 +80,21 @@ def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
         kwargs["scheme"] = parsed.scheme
         # Custom endpoints (MinIO, moto, on-prem) generally want path-style addressing.
         kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(**kwargs)
+    return RetryingS3FileSystem(max_attempts=max_attempts, **kwargs)
+
+
+def s3_client(endpoint: str | None = None, *, max_attempts: int = S3_MAX_ATTEMPTS):
+    """A boto3 S3 client from the standard AWS chain that retries transient errors (botocore's
+    ``standard`` mode: throttling, 5xx and connection errors, ``max_attempts`` per call), with
+    path-style addressing on a custom endpoint (MinIO, moto, on-prem)."""
+    import boto3  # here: listing and reading through pyarrow never need it
+    from botocore.config import Config
+
+    endpoint = s3_endpoint_url(endpoint)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    config = Config(retries={"mode": "standard", "total_max_attempts": max_attempts},
+                    s3={"addressing_style": "path"} if endpoint else None)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
 def resolve(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
