@@ -17,6 +17,11 @@ Semantics:
   the same MLflow run; steps already in MLflow are not logged again.
 - Fault recovery: ``run.max_failures`` (FailureConfig) restarts a failed worker group from the latest
   checkpoint within the same driver and MLflow run.
+- Tracking outages: rank 0 logs through :class:`srgan.tracking.runs.BufferedLogger` (a sender thread;
+  metrics wait in memory while the server is down and are sent when it is back), so training and
+  checkpoints (Ray storage, not MLflow) never wait on MLflow; the driver's MLflow calls are retried
+  within a bound (:func:`srgan.tracking.runs.with_tracking_retries`) and registration says in one
+  line what it could not do. docs/training.md, "Faults".
 """
 
 from __future__ import annotations
@@ -202,6 +207,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _report_checkpoint(step, Nets(model_g, nets.opt_g, nets.ema, model_d, nets.opt_d), config, loop_config["run_id"], rank, last_val)
     if out_of_time and rank == 0:
         print(f"[srgan] stopped at step {step}: train.time_limit_min={config.train.time_limit_min} reached (re-run to continue)", flush=True)
+    if logger is not None:
+        logger.close(timeout_s=LOGGER_CLOSE_S)
 
 
 def _format_losses(losses: dict[str, float]) -> str:
@@ -273,10 +280,15 @@ def _iter_crops(shard, config: Config, per_worker: int, device: torch.device, lo
         yield batch["gt"]
 
 
-def _rank0_logger(loop_config: dict[str, Any]):
-    from srgan.tracking.runs import MetricLogger
+# How long rank 0 waits at the end of training for buffered metrics to reach a tracking server that is
+# down; what is still unsent then is counted in one warning line (the checkpoints are in Ray storage).
+LOGGER_CLOSE_S = 30.0
 
-    return MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
+
+def _rank0_logger(loop_config: dict[str, Any]):
+    from srgan.tracking.runs import BufferedLogger
+
+    return BufferedLogger(loop_config["tracking_uri"], loop_config["run_id"])
 
 
 def _log_skips(logger, counter_name: str, step: int) -> None:
@@ -303,7 +315,7 @@ def _local_val_set(config: Config) -> tuple[str, bool]:
 def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Config, step: int, content_loss=None) -> dict[str, float]:
     """Validate on rank 0, log to MLflow; returns the metrics reported with the next Ray checkpoint."""
     t0 = time.perf_counter()
-    want_bicubic = logger.last_step("val/bicubic_psnr_y") < 0
+    want_bicubic = not logger.sent_once("val/bicubic_psnr_y")  # the sender drops it if the run has one
     result = validate(
         net,
         val_dir,
@@ -317,7 +329,7 @@ def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Conf
     if result.content_distance is not None:
         metrics["val/content_distance"] = result.content_distance
     if result.bicubic is not None:
-        metrics.update({"val/bicubic_psnr_y": result.bicubic.psnr_y, "val/bicubic_ssim_y": result.bicubic.ssim_y})
+        logger.log({"val/bicubic_psnr_y": result.bicubic.psnr_y, "val/bicubic_ssim_y": result.bicubic.ssim_y}, step, once=True)
     logger.log(metrics, step)
     if result.grid is not None:
         logger.log_image(result.grid, key="val_grid_lr_bicubic_sr_hr", step=step)
@@ -391,16 +403,17 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
     from ray.train.torch import TorchTrainer  # RAY
 
     from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker
-    from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri
+    from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri, with_tracking_retries
 
     t0 = time.perf_counter()
     tracking_uri = resolve_tracking_uri(config.run.tracking_uri)
     storage = _storage_path(config.run.storage)
     run_key = f"{storage.rstrip('/')}/{config.run.name}"
-    run_id, resumed = open_run(tracking_uri, experiment=config.run.experiment, run_key=run_key, run_name=config.run.name)
-    log_params_once(tracking_uri, run_id, flatten(config))
+    tracked = lambda fn, what: with_tracking_retries(fn, what=what, tracking_uri=tracking_uri)  # noqa: E731
+    run_id, resumed = tracked(lambda: open_run(tracking_uri, experiment=config.run.experiment, run_key=run_key, run_name=config.run.name), "open the MLflow run (nothing was trained)")
+    tracked(lambda: log_params_once(tracking_uri, run_id, flatten(config)), "log the run's params (nothing was trained)")
     print(f"[srgan] MLflow run {run_id} ({'resumed' if resumed else 'new'}) in experiment '{config.run.experiment}' at {tracking_uri}", flush=True)
-    init_from = _record_init_from(config, requested_init_from, tracking_uri, run_id)
+    init_from = tracked(lambda: _record_init_from(config, requested_init_from, tracking_uri, run_id), "tag the run (nothing was trained)")
     selection = SELECTION[config.train.phase]
 
     init_ray()  # RAY
@@ -440,13 +453,33 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
     try:
         result = trainer.fit()
     except Exception:
-        finish_run(tracking_uri, run_id, status="FAILED")
+        try:
+            tracked(lambda: finish_run(tracking_uri, run_id, status="FAILED"), "mark the run FAILED")
+        except Exception as exc:  # noqa: BLE001 - the training error is the one to report
+            print(f"[srgan] WARNING: {exc}", flush=True)
         raise
-    best = result.get_best_checkpoint(metric=selection.attribute, mode=selection.mode) or result.checkpoint
+    best, best_metrics = _best_checkpoint(result, selection)
     skipped = count_skips(skip_counter)
-    summary = _register(config, tracking_uri, run_id, best, skipped, t0)
-    finish_run(tracking_uri, run_id)
+    step = best_metrics["step"]
+    summary = tracked(
+        lambda: _register(config, tracking_uri, run_id, best, best_metrics, skipped, t0),
+        f"register the best generator (step {step}, checkpoint {best.path}); it is safe in run storage: rerun the same command once the server is back to register it (nothing is retrained)",
+    )
+    tracked(lambda: finish_run(tracking_uri, run_id), f"mark the run FINISHED (registered {summary.registered})")
     return summary
+
+
+def _best_checkpoint(result, selection: Selection):
+    """The best checkpoint by the selection metric Ray reported with it, and those metrics (step,
+    val_psnr_y...). From Ray's own records, so choosing it needs no tracking server."""
+    ranked = [(ckpt, m) for ckpt, m in (result.best_checkpoints or []) if m.get(selection.attribute) is not None]
+    if ranked:
+        pick = max if selection.mode == "max" else min
+        return pick(ranked, key=lambda pair: pair[1][selection.attribute])
+    best = result.checkpoint  # no validation metric reported: the latest
+    with best.as_directory() as ckpt_dir:
+        meta = json.loads((Path(ckpt_dir) / "checkpoint.json").read_text())
+    return best, {"step": meta["metadata"]["step"]}
 
 
 def _record_init_from(config: Config, requested: str, tracking_uri: str, run_id: str) -> str:
@@ -463,20 +496,18 @@ def _record_init_from(config: Config, requested: str, tracking_uri: str, run_id:
     return pinned
 
 
-def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dict[str, Any], t0: float) -> TrainSummary:
+def _register(config: Config, tracking_uri: str, run_id: str, best, best_metrics: dict[str, Any], skipped: dict[str, Any], t0: float) -> TrainSummary:
+    """Register ``best`` (idempotent: a version this run already made for the same step is reused, so
+    a retried or rerun registration never makes a second one) and tag the run."""
     from srgan.tracking.registry import register_generator
     from srgan.tracking.runs import MetricLogger
 
     selection = SELECTION[config.train.phase]
     logger = MetricLogger(tracking_uri, run_id)
-    history = lambda key: {m.step: m.value for m in logger.client.get_metric_history(run_id, key)}  # noqa: E731
-    psnr_history = history("val/psnr_y")
-    selection_history = psnr_history if selection.mlflow_key == "val/psnr_y" else history(selection.mlflow_key)
     bicubic = [m.value for m in logger.client.get_metric_history(run_id, "val/bicubic_psnr_y")]
+    step = best_metrics["step"]
+    score = best_metrics.get(selection.attribute)
     with best.as_directory() as ckpt_dir:
-        meta = json.loads((Path(ckpt_dir) / "checkpoint.json").read_text())
-        step = meta["metadata"]["step"]
-        score = selection_history.get(step)  # every checkpoint step is also a validation step
         registration = register_generator(
             tracking_uri,
             run_id=run_id,
@@ -494,7 +525,7 @@ def _register(config: Config, tracking_uri: str, run_id: str, best, skipped: dic
         experiment=config.run.experiment,
         tracking_uri=tracking_uri,
         checkpoint=best.path,
-        best_val_psnr_y=psnr_history.get(step),
+        best_val_psnr_y=best_metrics.get("val_psnr_y"),
         bicubic_val_psnr_y=bicubic[-1] if bicubic else None,
         registered=registration.uri,
         champion=registration.champion,

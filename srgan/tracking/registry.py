@@ -8,6 +8,10 @@ References (``models:/NAME@ALIAS``...) are parsed and pinned in :mod:`srgan.trac
 
 The ``champion`` alias moves only when the new version beats the current champion on the selection
 metric (stored as a version tag), so a worse run never replaces a better model.
+
+Registration is idempotent per (run, step): a version this run already registered from the same
+step is returned again instead of a second one (a driver killed after registering, then rerun; a
+registration retried after a tracking outage answered the first attempt too late).
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ def register_generator(
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
+    existing = _version_of(client, name, run_id=run_id, step=step)
+    if existing is not None:
+        return _finish(client, existing, name, metric_name, metric_value, higher_is_better)
     with tempfile.TemporaryDirectory() as staging:
         # Only what rebuilds the generator: the training state (optimiser, RNG) stays in run storage.
         for fname in (WEIGHTS_FILE, META_FILE):
@@ -85,7 +92,28 @@ def register_generator(
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}/step_{step}"
     version_tags = {"step": str(step), **(tags or {}), **({metric_name: f"{metric_value:.6f}"} if metric_value is not None else {})}
     version = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
+    return _finish(client, version, name, metric_name, metric_value, higher_is_better)
+
+
+def _version_of(client, name: str, *, run_id: str, step: int):
+    """The version of ``name`` that run ``run_id`` registered from ``step``, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise
+    same = [v for v in versions if v.tags.get("step") == str(step)]
+    return min(same, key=lambda v: int(v.version)) if same else None
+
+
+def _finish(client, version, name: str, metric_name: str, metric_value: float | None, higher_is_better: bool) -> Registration:
+    """Move the champion alias to ``version`` if it beats the current champion (or it already is it)."""
     previous, previous_score = _champion_score(client, name, metric_name)
+    if previous is not None and str(previous) == str(version.version):  # a repeated registration of the champion itself
+        return Registration(name=name, version=str(version.version), uri=f"models:/{name}/{version.version}", champion=True, previous_champion=previous)
     beats = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
     better = previous is None or (metric_value is not None and (previous_score is None or beats(metric_value, previous_score)))
     if better:
