@@ -264,13 +264,14 @@ def test_ingest_from_s3_two_epochs(s3_server, s3_bucket, ray_cluster, photos_dir
     # with their own environment's credentials (pyarrow does not ship the driver's with the filesystem).
     good, bad = upload_dataset(s3_bucket, photos_dir, datasets_dir)
     counter = f"skips-{uuid.uuid4().hex[:8]}"
-    assert count_skips(counter) == {"counts": {}, "total": 0, "examples": {}}  # no such actor yet
+    assert count_skips(counter) == {"counts": {}, "total": 0, "examples": {}, "converted": {}, "converted_examples": {}}  # no such actor yet
     with preserve_order():
         ds = build_train_dataset(f"s3://{s3_bucket}/raw", crop_size=48, skip_counter_name=counter)
     expected_skips = {
         "counts": {"corrupt": 1, "empty": 1, "not_image": 1},
         "total": 3,
         "examples": {kind: [key] for key, kind in bad.items()},
+        "converted": {}, "converted_examples": {},  # plain RGB and grey photos: nothing to convert
     }
 
     first = epoch_sources(ds, good, 48)

@@ -38,6 +38,8 @@ __all__ = [
     "read_image_file",
     "SUPPORTED_FORMATS",
     "FORMAT_EXTENSIONS",
+    "CONVERSION_KINDS",
+    "TRAINING_BACKGROUND",
 ]
 
 # PIL format name -> accepted for decoding.
@@ -46,6 +48,14 @@ FORMAT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _EXIF_ORIENTATION = 0x0112
 # Leading bytes of the supported formats (BMP's "BM" is too short to trust on its own).
 _SIGNATURES = (PNG_SIGNATURE, b"\xff\xd8\xff", b"RIFF")
+# What the training decoder converts on its way to 8-bit RGB (reported per object, for counting):
+# a 16-bit source rounded to 8 bits, CMYK (or another colour space) to RGB, alpha composited on
+# TRAINING_BACKGROUND, an EXIF orientation applied.
+CONVERSION_KINDS = ("16bit", "cmyk", "alpha", "exif_rotated")
+# The background transparent pixels are composited on for training: white, as a page shows them. The
+# colour stored under a transparent pixel is arbitrary (a palette entry, zeros, an editor's
+# leftovers): dropping alpha would train on whatever it is; compositing makes it one defined value.
+TRAINING_BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -193,13 +203,44 @@ def _decode_pixels(data: bytes, limits: ImageLimits) -> tuple[np.ndarray | Tenso
     return pixels, mode, bit_depth, fmt, orientation
 
 
-def _rgb_view(pixels: np.ndarray | Tensor, mode: str, orientation: int) -> np.ndarray:
-    """Decoder pixels -> an oriented (H, W, 3) uint8 RGB view: alpha dropped, grey replicated, 16-bit
-    sources rounded to 8 bits (the same rounding as an 8-bit save)."""
+def _conversions(img: Image.Image, orientation: int, png16: bool) -> list[str]:
+    """The :data:`CONVERSION_KINDS` the training decoder applies to this (checked, unloaded) image."""
+    kinds = []
+    if png16 or img.mode.startswith("I"):
+        kinds.append("16bit")
+    if img.mode not in ("RGB", "RGBA", "L", "LA", "P", "PA", "1") and not img.mode.startswith("I"):
+        kinds.append("cmyk")  # CMYK mostly; YCbCr, LAB, ... too: whatever PIL converts to RGB
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        kinds.append("alpha")
+    if orientation in range(2, 9):
+        kinds.append("exif_rotated")
+    return kinds
+
+
+def _composite(arr: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """(H, W, C) uint8 with alpha last (LA or RGBA) -> (H, W, 3) uint8 composited on ``background``:
+    round((c * a + b * (255 - a)) / 255) per channel, in integers (the same values on every path)."""
+    colour = arr[:, :, :-1].astype(np.uint16)
+    alpha = arr[:, :, -1:].astype(np.uint16)
+    bg = np.asarray(background, np.uint16)
+    return ((colour * alpha + bg * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _colour(arr: np.ndarray, mode: str, background: tuple[int, int, int] | None) -> np.ndarray:
+    """(H, W, C) uint8 in ``mode`` -> its (H, W, 3) or (H, W, 1) colour: alpha dropped (``background``
+    None) or composited on ``background``."""
+    if mode not in ("RGBA", "LA"):
+        return arr
+    return arr[:, :, :-1] if background is None else _composite(arr, background)
+
+
+def _rgb_view(pixels: np.ndarray | Tensor, mode: str, orientation: int, background: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Decoder pixels -> an oriented (H, W, 3) uint8 RGB view: alpha dropped (or composited on
+    ``background``), grey replicated, 16-bit sources rounded to 8 bits (the same rounding as an 8-bit save)."""
     if not isinstance(pixels, np.ndarray):
-        pixels = pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    arr = _orient_hwc(pixels, orientation)
-    colour = arr[:, :, :-1] if mode in ("RGBA", "LA") else arr
+        # In place: the planes are this decode's own, and a second float copy of 16 MP RGBA is 256 MB.
+        pixels = pixels.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    colour = _colour(_orient_hwc(pixels, orientation), mode, background)
     return np.broadcast_to(colour, (*colour.shape[:2], 3)) if colour.shape[2] == 1 else colour
 
 
@@ -239,14 +280,16 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
     return DecodedImage(rgb=rgb, alpha=alpha, mode=mode, bit_depth=bit_depth, format=fmt)
 
 
-def decode_rgb_uint8(data: bytes, *, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+def decode_rgb_uint8(data: bytes, *, limits: ImageLimits = ImageLimits(),
+                     background: tuple[int, int, int] | None = None) -> np.ndarray:
     """The training path: an (H, W, 3) uint8 RGB array with no float copy and no transposed copy of the
     image: orientation, alpha and grey are numpy views of the decoder's array (crops copy only their
     windows). Alpha is dropped, grey replicated, EXIF orientation applied, 16-bit sources rounded to 8
     bits; equal to ``round(decode_image(data).rgb * 255)`` in (H, W, C) order, with the same checks
-    and errors as :func:`decode_image`."""
+    and errors as :func:`decode_image`. With ``background`` (training: :data:`TRAINING_BACKGROUND`)
+    an image with alpha is composited on it instead (a copy)."""
     pixels, mode, _, _, orientation = _decode_pixels(data, limits)
-    return _rgb_view(pixels, mode, orientation)
+    return _rgb_view(pixels, mode, orientation, background)
 
 
 def _raw_box(orientation: int, top: int, left: int, size: int, height: int, width: int) -> tuple[int, int]:
@@ -273,14 +316,16 @@ _WHOLE_ARRAY_FRACTION = 0.25  # crops covering more of the image than this: conv
 
 
 def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.random.Generator,
-                        limits: ImageLimits = ImageLimits()) -> np.ndarray | None:
+                        limits: ImageLimits = ImageLimits(), background: tuple[int, int, int] | None = None,
+                        conversions: list[str] | None = None) -> np.ndarray | None:
     """``count`` random ``crop_size`` windows of the decoded image -> uint8 (count, 3, c, c), or None if
     the (oriented) image is smaller than a crop. The training decoder's fast path.
 
-    Equal to ``random_crops(decode_rgb_uint8(data), ...)`` with the same ``rng`` (same positions, same
-    values), but an 8-bit image is decoded once and, unless the crops cover over a quarter of it,
-    cropped by PIL before any array exists. 16-bit sources are converted whole. Same errors as
-    :func:`decode_image`.
+    Equal to ``random_crops(decode_rgb_uint8(data, background=background), ...)`` with the same ``rng``
+    (same positions, same values), but an 8-bit image is decoded once and, unless the crops cover over
+    a quarter of it, cropped by PIL before any array exists. 16-bit sources are converted whole. Same
+    errors as :func:`decode_image`. ``conversions``, if given, receives the :data:`CONVERSION_KINDS`
+    applied to a decoded image (nothing for a refused or too small one).
     """
     img, orientation, fmt, png16 = _load_checked(data, limits)
     try:
@@ -288,21 +333,22 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
         o_height, o_width = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
         if o_height < crop_size or o_width < crop_size:
             return None
+        if conversions is not None:
+            conversions.extend(_conversions(img, orientation, png16))
         if png16 or img.mode.startswith("I") or count * crop_size * crop_size > _WHOLE_ARRAY_FRACTION * width * height:
             # 16-bit sources, or crops covering much of the image: convert the whole image once.
             try:
                 pixels, mode, _ = _pixels(img, data, png16)
             except Exception as exc:  # torchvision's 16-bit decoder on a stream the check let through
                 raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
-            return random_windows(_rgb_view(pixels, mode, orientation), crop_size, count, rng)
+            return random_windows(_rgb_view(pixels, mode, orientation, background), crop_size, count, rng)
         tops = rng.integers(0, o_height - crop_size + 1, size=count)
         lefts = rng.integers(0, o_width - crop_size + 1, size=count)
         out = np.empty((count, 3, crop_size, crop_size), np.uint8)
         for i, (t, s) in enumerate(zip(tops.tolist(), lefts.tolist())):
             row, col = _raw_box(orientation, t, s, crop_size, height, width)
             window, mode = _pil_to_uint8(img.crop((col, row, col + crop_size, row + crop_size)))
-            window = _orient_hwc(window, orientation)
-            colour = window[:, :, :-1] if mode in ("RGBA", "LA") else window
+            colour = _colour(_orient_hwc(window, orientation), mode, background)
             out[i] = colour.transpose(2, 0, 1)  # (c, c, 1) grey broadcasts to three channels
         return out
     finally:
@@ -345,7 +391,8 @@ def _cpu_windows(data: bytes, limits: ImageLimits, tops: np.ndarray, lefts: np.n
 
 
 def decode_random_crops_on(blobs: list[bytes], *, crop_size: int, count: int, rng: np.random.Generator, device: str | torch.device,
-                           limits: ImageLimits = ImageLimits()) -> list[Tensor | ImageError | None]:
+                           limits: ImageLimits = ImageLimits(), background: tuple[int, int, int] | None = None,
+                           conversions: list[list[str]] | None = None) -> list[Tensor | ImageError | None]:
     """:func:`decode_random_crops` for a batch, with JPEGs decoded on ``device`` (nvjpeg on CUDA, libjpeg
     through torchvision on the CPU) and cropped there.
 
@@ -355,7 +402,8 @@ def decode_random_crops_on(blobs: list[bytes], *, crop_size: int, count: int, rn
     every bad object, because only a checked header, complete, 8-bit RGB/grey JPEG at least a crop in
     size is decoded on the device; anything else (PNG, WebP, CMYK, a cut file, a small image) and any
     JPEG the device decoder rejects go through the CPU decoder. On the CPU the crops are bit-identical
-    to the CPU path (PIL and torchvision both use libjpeg-turbo's default islow IDCT).
+    to the CPU path (PIL and torchvision both use libjpeg-turbo's default islow IDCT). ``background``
+    and ``conversions`` (one list per blob, filled as :func:`decode_random_crops` fills its own) as there.
     """
     with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to TorchCodec on import
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -364,18 +412,23 @@ def decode_random_crops_on(blobs: list[bytes], *, crop_size: int, count: int, rn
     device = torch.device(device)
     out: list[Tensor | ImageError | None] = [None] * len(blobs)
     jobs: list[tuple[int, int, np.ndarray, np.ndarray, tuple[int, int]]] = []  # (index, orientation, tops, lefts, (H, W) stored)
+    notes: list[list[str]] = [[] for _ in blobs] if conversions is None else conversions
+    notes.extend([] for _ in range(len(blobs) - len(notes)))
     for i, data in enumerate(blobs):
         try:
             img, orientation = _open_checked(data, limits)  # limits and format from the header alone
             width, height = img.size
             on_device = img.format == "JPEG" and img.mode in _DEVICE_JPEG_MODES and _jpeg_complete(data)
+            device_notes = _conversions(img, orientation, False) if on_device else []
             img.close()
             o_height, o_width = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
             if not on_device or o_height < crop_size or o_width < crop_size:
                 # The CPU decoder, now (rng drawn in order): its own crop-or-skip decision, as today.
-                crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits)
+                crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits,
+                                            background=background, conversions=notes[i])
                 out[i] = None if crops is None else torch.from_numpy(crops).to(device)
                 continue
+            notes[i].extend(device_notes)  # RGB or grey JPEGs: an EXIF orientation is all there is to note
         except ImageError as exc:
             out[i] = exc
             continue

@@ -12,7 +12,10 @@ raw-uint8 shards (``*.arrow``) skip the decode: the read tasks map the shards an
 (:func:`iter_device_crops`). docs/performance.md compares the three.
 
 A bad object never fails an epoch: the decoder skips it and reports ``(kind, path)`` to a named
-:class:`SkipCounter` actor that keeps the *unique* paths per kind and logs each one once.
+:class:`SkipCounter` actor that keeps the *unique* paths per kind and logs each one once. Objects it
+converts (16-bit, CMYK, alpha on the training background, EXIF-rotated) are counted there too, apart
+from the skips (``count_skips(...)["converted"]``); raw-uint8 shards were converted at packing and
+report no conversions.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ class SkipCounter(SkipTally):
     :func:`count_skips`. It lives as long as the job that created it holds a handle.
     """
 
-    def add(self, skips: Iterable[tuple[str, str]]) -> SkipList:
-        new = super().add(skips)
+    def add(self, skips: Iterable[tuple[str, str]], converted: Iterable[tuple[str, str]] = ()) -> SkipList:
+        new = super().add(skips, converted)
         for kind, path in new:
             logging.getLogger(__name__).warning("skipped training image (%s): %s", kind, path)
         return new
@@ -99,16 +102,19 @@ def _decode_crop_batch(
     paths = [str(p) if root is None else relative_key(str(p), root) for p in batch["path"]]
     # Fresh OS entropy per batch: crops must differ at every epoch, and Ray runs batches in any order.
     rng = np.random.default_rng()
+    converted: SkipList = []
     out, skips = decode_and_crop(
         {"bytes": batch[image_column], "path": np.asarray(paths, dtype=object)},
         crop_size=crop_size,
         crops_per_image=crops_per_image,
         rng=rng,
         limits=limits,
+        converted=converted,
     )
-    if skips:
-        # Wait for the actor: skips are rare, and a summary read right after the epoch must include them.
-        ray.get(counter.add.remote(skips))
+    if skips or converted:
+        # Wait for the actor: a summary read right after the epoch must include them. (One call per
+        # batch that has any; EXIF-rotated phone photos can make that most batches, for ~1 ms each.)
+        ray.get(counter.add.remote(skips, converted))
     return out
 
 
@@ -273,8 +279,10 @@ def iter_device_crops(shard, *, crop_size: int, crops_per_image: int, batch_size
     batcher = CropBatcher(batch_size, shuffle_pool=8 * batch_size if crops_per_image > 1 else 0, generator=generator)
     objects = max(1, batch_size // crops_per_image)  # about one training batch of crops per decode call
     for batch in shard.iter_batches(batch_size=objects, batch_format="numpy", prefetch_batches=prefetch_batches):  # RAY
-        crops, skips = decode_and_crop_on(batch, crop_size=crop_size, crops_per_image=crops_per_image, rng=rng, limits=limits, device=device)
-        if skips:
-            ray.get(counter.add.remote(skips))  # RAY: rare; a summary read right after must include them
+        converted: SkipList = []
+        crops, skips = decode_and_crop_on(batch, crop_size=crop_size, crops_per_image=crops_per_image, rng=rng, limits=limits,
+                                          device=device, converted=converted)
+        if skips or converted:
+            ray.get(counter.add.remote(skips, converted))  # RAY: a summary read right after must include them
         yield from batcher.add(crops)
     yield from batcher.finish()

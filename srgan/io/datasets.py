@@ -8,7 +8,10 @@ Only ``gt`` crops are made here: the LR input is made on the training worker's d
 
 A corrupt, empty, non-image, oversized or too small object never fails an epoch: the decoder skips it
 and returns ``(kind, path)``; :class:`SkipTally` keeps the *unique* paths per kind (a bad file read
-again next epoch is still one bad object), and Ray's ``SkipCounter`` actor wraps it.
+again next epoch is still one bad object), and Ray's ``SkipCounter`` actor wraps it. What the decoder
+converts instead of skipping (a 16-bit source to 8 bits, CMYK to RGB, alpha composited on
+:data:`~srgan.core.images.TRAINING_BACKGROUND`, an EXIF orientation applied) is counted the same way,
+apart from the skips (``summary()["converted"]``; kinds in :data:`CONVERSION_KINDS`).
 
 Listing 1.28 M small objects every epoch is the slow path; :func:`pack_images` (``pipelines/prepare.py``)
 packs a prefix into Parquet shards once, and :func:`build_train_dataset` reads those the same way.
@@ -36,6 +39,8 @@ from torch import Tensor
 from srgan.errors import UserError
 from srgan.core.evaluation import IMAGE_EXTENSIONS
 from srgan.core.images import (
+    CONVERSION_KINDS,
+    TRAINING_BACKGROUND,
     ImageDecodeError,
     ImageLimits,
     ImageTooLargeError,
@@ -49,6 +54,7 @@ from srgan.io.storage import resolve
 
 __all__ = [
     "SKIP_KINDS",
+    "CONVERSION_KINDS",
     "SHARD_COLUMNS",
     "list_images",
     "list_image_infos",
@@ -211,13 +217,15 @@ def _skip_kind(exc: Exception) -> str:
     return "corrupt"
 
 
-def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray | None, str | None]:
-    """Decode ``data`` into ``count`` random crops -> (uint8 (count, 3, c, c), None), or (None, skip kind).
-    Never raises."""
+def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, rng: np.random.Generator,
+                  conversions: list[str]) -> tuple[np.ndarray | None, str | None]:
+    """Decode ``data`` into ``count`` random crops -> (uint8 (count, 3, c, c), None), or (None, skip kind);
+    the conversions applied to a decoded object go to ``conversions``. Never raises."""
     if len(data) == 0:
         return None, "empty"
     try:
-        crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits)
+        crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits,
+                                    background=TRAINING_BACKGROUND, conversions=conversions)
     except Exception as exc:  # noqa: BLE001
         return None, _skip_kind(exc)
     if crops is None:
@@ -249,6 +257,7 @@ def decode_and_crop(
     crops_per_image: int,
     rng: np.random.Generator,
     limits: ImageLimits,
+    converted: SkipList | None = None,
 ) -> tuple[dict[str, np.ndarray], SkipList]:
     """Decode a batch of encoded images and take random HR crops.
 
@@ -257,15 +266,20 @@ def decode_and_crop(
     the number of usable images, the crops of one image next to each other, and ``skips`` the
     ``(kind, path)`` of every image left out (kinds in :data:`SKIP_KINDS`). The shape holds for
     ``K = 0`` too, so a batch of bad objects still has the dataset's schema. Never raises on bad input.
+    ``converted``, if given, receives ``(kind, path)`` for each conversion of a used image (kinds in
+    :data:`CONVERSION_KINDS`): alpha is composited on :data:`~srgan.core.images.TRAINING_BACKGROUND`.
     """
     crops: list[np.ndarray] = []
     skips: SkipList = []
     for data, path in zip(batch["bytes"], batch["path"]):
-        windows, kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng)
+        conversions: list[str] = []
+        windows, kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng, conversions)
         if kind is not None:
             skips.append((kind, str(path)))
             continue
         crops.append(windows)
+        if converted is not None:
+            converted.extend((c, str(path)) for c in conversions)
     empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
     return {"gt": np.concatenate(crops) if crops else empty}, skips
 
@@ -278,17 +292,22 @@ def decode_and_crop_on(
     rng: np.random.Generator,
     limits: ImageLimits,
     device: str | torch.device,
+    converted: SkipList | None = None,
 ) -> tuple[Tensor, SkipList]:
     """:func:`decode_and_crop` with the JPEGs decoded on ``device`` (``data.decode_device: cuda``; the
     same code runs on the CPU in tests): -> (uint8 (K, 3, c, c) on ``device``, skips). The same crop
-    positions for the same ``rng`` and the same skip kinds (see :func:`decode_random_crops_on`)."""
+    positions for the same ``rng``, the same skip kinds and conversions (see :func:`decode_random_crops_on`)."""
     blobs = [bytes(data) for data in batch["bytes"]]
-    results = decode_random_crops_on(blobs, crop_size=crop_size, count=crops_per_image, rng=rng, device=device, limits=limits)
+    notes: list[list[str]] = []
+    results = decode_random_crops_on(blobs, crop_size=crop_size, count=crops_per_image, rng=rng, device=device, limits=limits,
+                                     background=TRAINING_BACKGROUND, conversions=notes)
     crops: list[Tensor] = []
     skips: SkipList = []
-    for data, path, result in zip(blobs, batch["path"], results):
+    for data, path, result, conversions in zip(blobs, batch["path"], results, notes):
         if isinstance(result, Tensor):
             crops.append(result)
+            if converted is not None:
+                converted.extend((c, str(path)) for c in conversions)
         else:  # empty first, as the CPU path checks it before decoding
             skips.append(("empty" if not data else "too_small" if result is None else _skip_kind(result), str(path)))
     empty = torch.zeros((0, 3, crop_size, crop_size), dtype=torch.uint8, device=device)
@@ -304,22 +323,35 @@ class SkipTally:
     def __init__(self) -> None:
         # kind -> {path: None}: an insertion-ordered set, so examples are the first paths seen.
         self._paths: dict[str, dict[str, None]] = {}
+        self._converted: dict[str, dict[str, None]] = {}  # the same, for conversions (not skips)
 
-    def add(self, skips: Iterable[tuple[str, str]]) -> SkipList:
-        """Record skips; returns those not seen before."""
-        new: SkipList = []
-        for kind, path in skips:
-            seen = self._paths.setdefault(kind, {})
-            if path not in seen:
-                seen[path] = None
-                new.append((kind, path))
-        return new
+    def add(self, skips: Iterable[tuple[str, str]], converted: Iterable[tuple[str, str]] = ()) -> SkipList:
+        """Record skips (and conversions of used objects); returns the skips not seen before."""
+        _record(self._converted, converted)
+        return _record(self._paths, skips)
 
     def summary(self) -> dict[str, Any]:
-        """``{"counts": {kind: unique paths}, "total": int, "examples": {kind: [up to 20 paths]}}``."""
+        """``{"counts": {kind: unique paths}, "total": int, "examples": {kind: [up to 20 paths]},
+        "converted": {conversion kind: unique paths}, "converted_examples": {...}}``; ``counts`` and
+        ``total`` are skips only."""
         counts = {kind: len(paths) for kind, paths in self._paths.items()}
-        examples = {kind: list(itertools.islice(paths, MAX_EXAMPLES)) for kind, paths in self._paths.items()}
-        return {"counts": counts, "total": sum(counts.values()), "examples": examples}
+        return {"counts": counts, "total": sum(counts.values()), "examples": _examples(self._paths),
+                "converted": {kind: len(paths) for kind, paths in self._converted.items()},
+                "converted_examples": _examples(self._converted)}
+
+
+def _record(seen_by_kind: dict[str, dict[str, None]], items: Iterable[tuple[str, str]]) -> SkipList:
+    new: SkipList = []
+    for kind, path in items:
+        seen = seen_by_kind.setdefault(kind, {})
+        if path not in seen:
+            seen[path] = None
+            new.append((kind, path))
+    return new
+
+
+def _examples(seen_by_kind: dict[str, dict[str, None]]) -> dict[str, list[str]]:
+    return {kind: list(itertools.islice(paths, MAX_EXAMPLES)) for kind, paths in seen_by_kind.items()}
 
 
 def empty_skip_summary() -> dict[str, Any]:
@@ -397,7 +429,7 @@ def _decode_raw(data: bytes, limits: ImageLimits) -> tuple[int, int, bytes, str 
     if len(data) == 0:
         return 0, 0, b"", "empty"
     try:
-        rgb = decode_rgb_uint8(data, limits=limits)  # (H, W, 3) uint8 view
+        rgb = decode_rgb_uint8(data, limits=limits, background=TRAINING_BACKGROUND)  # (H, W, 3) uint8 view
     except Exception as exc:  # noqa: BLE001
         return 0, 0, b"", _skip_kind(exc)
     return rgb.shape[0], rgb.shape[1], np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes(), None
