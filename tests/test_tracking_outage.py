@@ -195,6 +195,6 @@ def test_training_survives_a_tracking_outage(ray_cluster, running_server, repo_r
     assert run.info.status == "FINISHED"
     assert _steps(client, run.info.run_id, "train/loss") == list(range(1, steps + 1))  # buffered, then sent
     assert _steps(client, run.info.run_id, "val/psnr_y") == list(range(every, steps + 1, every))
-    assert [v.version for v in client.search_model_versions("name = 'outage-generator'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'outage-generator'")] == ["1"]
     ckpts = sorted((tmp_path / "runs" / "outage").glob("checkpoint_*"))
     assert ckpts, "no checkpoint in run storage"

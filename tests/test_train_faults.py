@@ -3,9 +3,19 @@ driver SIGKILLed with its whole process group, then rerun; a worker killed twice
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import write_local_training_data
 from srgan.core.checkpoint import save_generator
 from srgan.core.models import SRResNet
 from srgan.tracking.registry import register_generator
@@ -31,3 +41,80 @@ def test_registering_the_same_run_and_step_again_returns_the_same_version(tmp_pa
     client = MlflowClient(uri, registry_uri=uri)
     assert sorted(int(v.version) for v in client.search_model_versions("name = 'gen'")) == [1, 2, 3]
     assert str(client.get_model_version_by_alias("gen", "champion").version) == "1"
+
+
+# ------------------------------------------------------------------ the driver killed, then rerun
+
+SMALL = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true"]
+
+
+def _registered_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the latest checkpoint Ray Train has registered (its checkpoint manager's snapshot)."""
+    try:
+        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+    return latest["metrics"]["step"] if latest else None
+
+
+def _steps(client, run_id, key) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def _train_args(repo_root: Path, train_dir: Path, val_dir: Path, tmp_path: Path, *, name: str, steps: int, every: int, workers: int = 1) -> list[str]:
+    return [sys.executable, str(repo_root / "pipelines" / "train.py"), "--data", str(train_dir), "--val-data", str(val_dir),
+            "--workers", str(workers), "--batch-size", "4", "--storage", str(tmp_path / "runs"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--name", name, *SMALL, "--set", "data.crop_size=32",
+            "--steps", str(steps), "--set", "train.log_every=1", "--set", f"train.val_every={every}",
+            "--set", f"train.checkpoint_every={every}"]
+
+
+@pytest.fixture()
+def local_data(tmp_path, datasets_dir):
+    return write_local_training_data(tmp_path, datasets_dir)
+
+
+def test_driver_killed_with_its_process_group_then_rerun_resumes_once(ray_cluster, repo_root, local_data, tmp_path):
+    train_dir, val_dir = local_data
+    steps, every = 40, 4
+    args = _train_args(repo_root, train_dir, val_dir, tmp_path, name="driver", steps=steps, every=every)
+    run_dir = tmp_path / "runs" / "driver"
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        # Its own process group, as a terminal gives a command: the kill takes the whole group.
+        proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (registered := _registered_checkpoint_step(run_dir)) is None or registered < 2 * every:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-4000:]
+            time.sleep(0.05)
+        assert registered < steps, "the run finished before the kill; make it longer"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    registered = _registered_checkpoint_step(run_dir)  # what the rerun will find (a later one may have landed)
+
+    rerun = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    out = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, out[-5000:]
+    resumed = [int(n) for n in re.findall(r"resumed from step (\d+)", out)]
+    assert resumed == [registered], out[-5000:]
+    assert "(resumed) in experiment" in out
+    assert "registered:  models:/srgan-generator/1  (alias @champion)" in out
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(db, registry_uri=db)
+    [run] = client.search_runs([client.get_experiment_by_name("srgan").experiment_id], "attributes.run_name = 'driver'")
+    assert run.info.status == "FINISHED"
+    assert _steps(client, run.info.run_id, "train/loss") == list(range(1, steps + 1))  # each step once
+    assert _steps(client, run.info.run_id, "val/psnr_y") == list(range(every, steps + 1, every))
+    assert [str(v.version) for v in client.search_model_versions("name = 'srgan-generator'")] == ["1"]
+
+    # Killed after registering (or rerun once more): the same version again, never a second one.
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    assert "registered:  models:/srgan-generator/1  (alias @champion)" in again.stdout
+    assert [str(v.version) for v in client.search_model_versions("name = 'srgan-generator'")] == ["1"]
+    assert len(client.search_runs([run.info.experiment_id], "attributes.run_name = 'driver'")) == 1
