@@ -9,13 +9,17 @@
     curl -H "serve_multiplexed_model_id: models:/srgan-generator/3" --data-binary @photo.png -o x4.png http://127.0.0.1:8000/v1/upscale
     open http://127.0.0.1:8000/ in a browser: the web page (upload, compare, download)
 
-Joins the Ray cluster at RAY_ADDRESS if set, else starts a local one. For a cluster deployment use
+    SRGAN_API_TOKEN=$(cat token) python pipelines/serve.py ...  # /v1/* then needs 'Authorization: Bearer <token>'
+
+Joins the Ray cluster at RAY_ADDRESS if set, else starts a local one. SRGAN_API_TOKEN, if set, reaches
+the replicas through their runtime_env (never a flag: flags show in `ps` and shell history). For a cluster deployment use
 `serve deploy infra/serve_config.yaml` (same application, same options).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
     p.add_argument("--refresh-interval", type=float, default=30.0, help="seconds between checks of a registry alias (0: never)")
     add_limit_arguments(p, what="request body")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="compute deadline per request (default: 60 on CPU, 20 on GPU; 0: none); docs/serving.md")
+    p.add_argument("--rate-mpx-s", type=float, default=None,
+                   help="output megapixels/s the first estimates assume before a replica measures its own (default: 0.4 CPU, 8 GPU)")
+    p.add_argument("--memory-budget-mpx", type=float, default=64.0,
+                   help="output megapixels one replica holds at once (about 48 bytes each); larger requests get 413")
+    p.add_argument("--body-idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                   help="a request body that stalls this long gets 408 (0: wait forever)")
+    p.add_argument("--max-queued-requests", type=int, default=64,
+                   help="requests Serve's proxy queues beyond --max-ongoing-requests; the rest get 503 with Retry-After (-1: no limit)")
     p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads per replica (0: Ray's default)")
     return p.parse_args(argv)
 
@@ -69,6 +83,11 @@ def main() -> int:
         "tile_size": args.tile_size,
         "batch_max_side": args.tile_size,
         "torch_threads": args.torch_threads,
+        "deadline_s": args.deadline,
+        "rate_mpx_s": args.rate_mpx_s,
+        "memory_budget_mpx": args.memory_budget_mpx,
+        "max_queued_requests": args.max_queued_requests,
+        "body_idle_timeout_s": args.body_idle_timeout,
         "runtime": args.runtime,
         "num_replicas": args.replicas,
         "min_replicas": args.min_replicas,
@@ -78,7 +97,7 @@ def main() -> int:
         "num_cpus": args.num_cpus,
         "num_gpus": 1.0 if args.gpu else 0.0,
     })
-    run_server(options, host=args.host, port=args.port)
+    run_server(options, host=args.host, port=args.port, api_token=os.environ.get("SRGAN_API_TOKEN") or None)
     return 0
 
 

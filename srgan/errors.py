@@ -18,6 +18,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "UnsupportedImageError",
+    "DeadlineExceededError",
 ]
 
 
@@ -62,3 +63,8 @@ class ImageTooLargeError(ImageError):
 
 class UnsupportedImageError(ImageError):
     kind = "unsupported"
+
+
+class DeadlineExceededError(UserError, TimeoutError):
+    """Work given a deadline (``Upscaler.upscale_images(deadline=...)``) was still running when it passed:
+    stopped between tiles or batches, its partial result dropped. Serve answers it with a 504."""

@@ -28,6 +28,8 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's package; `playwright install` would d
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 TIMEOUT_MS = 120_000  # an upscale on a loaded 2-core machine can take a while
 
+PAGE_TOKEN = "page-" + os.urandom(8).hex()
+
 pytestmark = pytest.mark.slow
 
 
@@ -41,7 +43,7 @@ def endpoint(ray_cluster, tmp_path_factory):
     """One Serve application for the module: a default model and one more on the allow-list."""
     from ray import serve
 
-    from srgan.distributed.serving import build_app
+    from srgan.distributed.serving import application, build_app
 
     folder = tmp_path_factory.mktemp("web-models")
     default = save_generator(folder / "web-default", _generator(seed=5))
@@ -51,6 +53,9 @@ def endpoint(ray_cluster, tmp_path_factory):
     try:
         serve.run(build_app({"model": str(default), "allowed_models": [str(other)], "num_cpus": 0.25, "refresh_interval_s": 0,
                              "batch_wait_timeout_s": 0.0}), name="web", route_prefix="/")
+        # The same page behind a bearer token (SRGAN_API_TOKEN), as a second application on the same port.
+        serve.run(application({"model": str(default), "num_cpus": 0.25, "refresh_interval_s": 0, "batch_wait_timeout_s": 0.0},
+                              api_token=PAGE_TOKEN), name="web-token", route_prefix="/secure")
         yield Endpoint(f"http://127.0.0.1:{port}", default, other)
     finally:
         serve.shutdown()  # frees the replica's CPUs for the tests that share the cluster
@@ -208,3 +213,29 @@ def test_page_and_docs_work_with_the_network_limited_to_127_0_0_1(endpoint, offl
     # The guard itself works: a request to another host is recorded and fails.
     failed = page.evaluate("() => fetch('http://example.com/x').then(() => false, () => true)")
     assert failed and offline.foreign == ["http://example.com/x"]
+
+
+def test_page_asks_for_the_token_when_the_api_answers_401_and_sends_it(endpoint, offline, tmp_path):
+    page = offline.page
+    sent = []
+    page.on("request", lambda request: sent.append((request.url, request.headers.get("authorization"))))
+    page.goto(f"{endpoint.url}/secure/")  # the page itself is open
+    page.wait_for_selector("#auth:not([hidden])")  # v1/models answered 401: the page asks
+    assert page.is_hidden("#result") and page.locator("#model option").count() == 0
+    page.fill("#token", "wrong-token")
+    page.click("#token-save")
+    page.wait_for_selector("#auth:not([hidden])")  # refused again, and not kept
+    assert page.evaluate("sessionStorage.getItem('srgan-api-token')") is None
+    page.fill("#token", PAGE_TOKEN)
+    page.click("#token-save")
+    page.wait_for_selector("#model option", state="attached")  # the models load with the token
+    assert page.evaluate("sessionStorage.getItem('srgan-api-token')") == PAGE_TOKEN  # this tab only
+    assert page.evaluate("localStorage.length") == 0
+    page.set_input_files("#file", str(_photo_file(tmp_path, size=(40, 30))))
+    _wait_for_result(page)
+    assert _natural_size(page, "#after") == (160, 120)
+    _screenshot(page, "web_page_token.png")
+    upscales = [auth for url, auth in sent if url.endswith("/secure/v1/upscale")]
+    assert upscales == [f"Bearer {PAGE_TOKEN}"], upscales
+    assert not [url for url, auth in sent if "/static/" in url and auth], "the token goes to the API only"
+    assert offline.foreign == []

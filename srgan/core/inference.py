@@ -19,6 +19,14 @@ it was cut: the tiled result equals the untiled one up to floating-point roundin
 no need to overlap tiles (``tile_overlap`` 0). With a smaller ``tile_pad``, a ``tile_overlap`` blends
 neighbouring tiles with linear ramps to hide the seams.
 
+Deadlines: every ``upscale_*`` method takes ``deadline`` (a ``time.monotonic()`` value, None: none),
+checked before each forward pass (each tile, each chunk of a batch); past it the work stops with
+:class:`~srgan.errors.DeadlineExceededError`, so a caller (the Serve replica) is never held for longer
+than the deadline plus one tile's pass.
+
+Memory: the tiled path holds the output (12 bytes per output pixel, float32 RGB) and, only when
+tiles overlap, a weight map and the normalised copy (16 more); docs/serving.md has the whole budget.
+
 CPU speed (BENCHMARKS.md, rows ``infer-*``): on the CPU the torch runtime runs a copy of the
 generator with batch norm folded into the convolutions and in channels_last layout, which oneDNN's
 convolutions take without reordering. On CUDA the generator runs as it is (not measured there).
@@ -31,6 +39,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +52,7 @@ from srgan.core.degrade import bicubic_upscale
 from srgan.core.images import DecodedImage, with_planes
 from srgan.core.models import GeneratorConfig
 from srgan.core.ranges import signed_to_unit
+from srgan.errors import DeadlineExceededError
 
 __all__ = ["Generator", "UpscalerOptions", "Upscaler", "pick_device", "weights_digest", "tiled_work"]
 
@@ -225,19 +235,26 @@ class Upscaler:
             sr = self.net_g(lq)
         return signed_to_unit(sr.float())
 
-    def _run_tiled(self, lq: Tensor, tile: int) -> Tensor:
+    def _run_tiled(self, lq: Tensor, tile: int, deadline: float | None = None) -> Tensor:
         n, _, h, w = lq.shape
         if h <= tile and w <= tile:
+            _check_deadline(deadline)
             return self._forward(lq)
         s, pad, overlap = self.scale, self.tile_pad, self.options.tile_overlap
         out = torch.zeros(n, 3, h * s, w * s, device=lq.device)
+        if overlap == 0:
+            # Tiles meet edge to edge: each output pixel is written once, so no weight map and no
+            # normalised copy (16 bytes per output pixel less at the peak; docs/serving.md).
+            for y0, y1 in _tile_spans(h, tile, 0):
+                for x0, x1 in _tile_spans(w, tile, 0):
+                    _check_deadline(deadline)
+                    out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] = self._tile(lq, y0, y1, x0, x1)
+            return out
         weight = torch.zeros(1, 1, h * s, w * s, device=lq.device)
         for y0, y1 in _tile_spans(h, tile, overlap):
             for x0, x1 in _tile_spans(w, tile, overlap):
-                # Context: up to ``pad`` real pixels on each side, clipped at the image border.
-                py0, py1, px0, px1 = max(y0 - pad, 0), min(y1 + pad, h), max(x0 - pad, 0), min(x1 + pad, w)
-                sr = self._forward(lq[:, :, py0:py1, px0:px1])
-                sr = sr[:, :, (y0 - py0) * s : (y1 - py0) * s, (x0 - px0) * s : (x1 - px0) * s]
+                _check_deadline(deadline)
+                sr = self._tile(lq, y0, y1, x0, x1)
                 # Ramps only on sides that touch another tile.
                 wy = _ramp((y1 - y0) * s, overlap * s if y0 > 0 else 0, overlap * s if y1 < h else 0, lq.device)
                 wx = _ramp((x1 - x0) * s, overlap * s if x0 > 0 else 0, overlap * s if x1 < w else 0, lq.device)
@@ -246,11 +263,21 @@ class Upscaler:
                 weight[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += wmap
         return out / weight
 
+    def _tile(self, lq: Tensor, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        """The output of LR window [y0:y1, x0:x1], run with up to ``tile_pad`` real pixels of context on
+        each side (clipped at the image border)."""
+        h, w = lq.shape[-2:]
+        s, pad = self.scale, self.tile_pad
+        py0, py1, px0, px1 = max(y0 - pad, 0), min(y1 + pad, h), max(x0 - pad, 0), min(x1 + pad, w)
+        sr = self._forward(lq[:, :, py0:py1, px0:px1])
+        return sr[:, :, (y0 - py0) * s : (y1 - py0) * s, (x0 - px0) * s : (x1 - px0) * s]
+
     @torch.inference_mode()
-    def upscale_tensor(self, lq: Tensor) -> Tensor:
+    def upscale_tensor(self, lq: Tensor, *, deadline: float | None = None) -> Tensor:
         """(N, 3, h, w) or (3, h, w) float in [0, 1] -> the same rank at ``scale``x, float32 [0, 1], on the CPU.
 
         On CUDA an out-of-memory error halves the tile size and retries (down to 32 pixels).
+        ``deadline`` (``time.monotonic()``): checked before each forward pass (DeadlineExceededError).
         """
         squeeze = lq.ndim == 3
         batch = lq.unsqueeze(0) if squeeze else lq
@@ -259,7 +286,7 @@ class Upscaler:
         batch = batch.to(self.device, torch.float32)
         while True:
             try:
-                sr = self._run_tiled(batch, self.tile_size)
+                sr = self._run_tiled(batch, self.tile_size, deadline)
                 break
             except torch.OutOfMemoryError:
                 if self.tile_size <= _MIN_TILE:
@@ -272,7 +299,7 @@ class Upscaler:
 
     # ------------------------------------------------------------------------------- images
 
-    def upscale_images(self, images: list[DecodedImage]) -> list[DecodedImage]:
+    def upscale_images(self, images: list[DecodedImage], *, deadline: float | None = None) -> list[DecodedImage]:
         """Upscale decoded images, batching same-size ones; each result keeps its input's mode and depth.
 
         RGB goes through the network; alpha is upscaled with MATLAB bicubic and kept; greyscale
@@ -285,12 +312,17 @@ class Upscaler:
         for indices in by_size.values():
             for start in range(0, len(indices), self.options.max_batch):
                 chunk = indices[start : start + self.options.max_batch]
-                sr = self.upscale_tensor(torch.stack([images[i].rgb for i in chunk]))
+                sr = self.upscale_tensor(torch.stack([images[i].rgb for i in chunk]), deadline=deadline)
                 for i, sr_rgb in zip(chunk, sr):
                     alpha = images[i].alpha
                     sr_alpha = None if alpha is None else bicubic_upscale(alpha, self.scale).clamp_(0, 1)
                     results[i] = with_planes(images[i], rgb=sr_rgb, alpha=sr_alpha)
         return [r for r in results if r is not None]
 
-    def upscale_image(self, image: DecodedImage) -> DecodedImage:
-        return self.upscale_images([image])[0]
+    def upscale_image(self, image: DecodedImage, *, deadline: float | None = None) -> DecodedImage:
+        return self.upscale_images([image], deadline=deadline)[0]
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceededError("the compute deadline passed before the upscale finished; the work was stopped")

@@ -4,8 +4,10 @@
 
 // Serve's HTTP proxy routes a request carrying this header to a replica that already holds the model.
 const MODEL_HEADER = "serve_multiplexed_model_id";
+const TOKEN_KEY = "srgan-api-token"; // sessionStorage: gone when the tab closes, never sent elsewhere
 const REASONS = {
   400: "the image could not be read",
+  401: "a token is needed",
   404: "not found",
   413: "the image is too large",
   415: "not a supported image",
@@ -44,13 +46,38 @@ async function errorMessage(resp) {
   return `Error ${resp.status}${reason}: ${detail}`;
 }
 
+function authHeaders() {
+  // The API may need a bearer token (SRGAN_API_TOKEN on the server); the page asks for it on a 401.
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY); // a refused token is not kept
+  $("auth-message").textContent = message;
+  $("auth").hidden = false;
+  $("token").focus();
+}
+
+function saveToken(event) {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  $("auth").hidden = true;
+  clearError();
+  loadModels();
+}
+
 async function loadModels() {
   let resp;
   try {
-    resp = await fetch("v1/models");
+    resp = await fetch("v1/models", { headers: authHeaders() });
   } catch (err) {
     return showError(`The server could not be reached: ${err.message}`);
   }
+  if (resp.status === 401) return askForToken("This server needs an API token to list its models and upscale.");
   if (!resp.ok) return showError(await errorMessage(resp));
   const select = $("model");
   select.textContent = "";
@@ -85,7 +112,7 @@ async function upscale(file) {
   clearError();
   $("result").hidden = true;
   setStatus(`Upscaling ${file.name} (${Math.ceil(file.size / 1024)} KiB)...`);
-  const headers = { "Content-Type": file.type || "application/octet-stream" };
+  const headers = { "Content-Type": file.type || "application/octet-stream", ...authHeaders() };
   const model = $("model").value;
   if (model && model !== defaultModel) headers[MODEL_HEADER] = model;
   const started = performance.now();
@@ -94,6 +121,10 @@ async function upscale(file) {
     resp = await fetch("v1/upscale", { method: "POST", body: file, headers });
   } catch (err) {
     return showError(`The server could not be reached: ${err.message}`);
+  }
+  if (resp.status === 401) {
+    setStatus("");
+    return askForToken("The token was refused (or none was given): enter the API token, then pick the image again.");
   }
   if (!resp.ok) return showError(await errorMessage(resp));
   const output = await resp.blob();
@@ -170,6 +201,7 @@ function wire() {
   window.addEventListener("drop", (event) => event.preventDefault());
   $("zoom").addEventListener("input", applyZoom);
   $("split").addEventListener("input", applySplit);
+  $("auth").addEventListener("submit", saveToken);
   applySplit();
   loadModels();
 }
