@@ -27,6 +27,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -266,9 +267,11 @@ class WorkerMemory:
         while time.monotonic() < deadline:  # the workers at rest: the lowest RSS each shows
             for pid in self.peak:
                 try:
-                    self.resting[pid] = min(self.resting.get(pid, float("inf")), rss_mib(pid))
+                    rss = rss_mib(pid)
                 except OSError:  # gone (an idle worker Ray stopped): no resting figure for it
                     continue
+                if rss > 0:  # an exiting (zombie) process has no VmRSS: no figure either
+                    self.resting[pid] = min(self.resting.get(pid, float("inf")), rss)
             time.sleep(self.interval)
 
     @property
@@ -342,7 +345,188 @@ def data_poisoning(run: Run) -> Outcome:
     return out
 
 
+# --------------------------------------------------------------------------------------- s3-faults
+
+FAULT_RATE = 0.2  # about 1 request in 5 fails: every run retries many times
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    return _save(Image.fromarray(arr), "PNG")
+
+
+def _bucket(client) -> str:
+    name = f"rel-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def _digests(client, bucket: str, prefix: str) -> dict[str, str]:
+    """key (relative to prefix) -> sha256 of every object under it (read straight from moto)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return {k[len(prefix) + 1 :]: hashlib.sha256(client.get_object(Bucket=bucket, Key=k)["Body"].read()).hexdigest() for k in keys}
+
+
+def _small_generator(folder: Path) -> Path:
+    import torch
+
+    from srgan.core.checkpoint import save_generator
+    from srgan.core.models import GeneratorConfig, build_generator
+
+    torch.manual_seed(0)
+    return save_generator(folder, build_generator(GeneratorConfig(num_blocks=1, num_features=8)))
+
+
+def _bulk(bucket: str, output: str, model: Path, endpoint: str, *, inputs: str = "in"):
+    from srgan.distributed.bulk import BulkUpscaleConfig, run_bulk_upscale
+
+    config = BulkUpscaleConfig(input=f"s3://{bucket}/{inputs}", output=f"s3://{bucket}/{output}", model=str(model),
+                               num_cpus=0.25, batch_size=2, s3_endpoint=endpoint)
+    return run_bulk_upscale(config, report=lambda line: None)
+
+
+def s3_faults(run: Run) -> Outcome:
+    import boto3
+
+    from benchmarks.faults.s3proxy import s3_fault_proxy
+
+    out = Outcome("s3-faults")
+    upstream = os.environ["AWS_ENDPOINT_URL"]  # the harness's moto server
+    client = boto3.client("s3", endpoint_url=upstream)
+    bucket = _bucket(client)
+    n_train, n_bulk = (20, 3) if run.quick else (200, 12)
+    objects, poisoned = poisoned_objects(n_train, fraction=0.05, seed=21)  # at least one of each category
+    for key, data in objects.items():
+        client.put_object(Bucket=bucket, Key=f"train/{key}", Body=data)
+    photo = _photo()
+    for i in range(n_bulk):
+        client.put_object(Bucket=bucket, Key=f"in/{i % 2}/img_{i}.png", Body=_png(np.ascontiguousarray(photo[12 * i : 12 * i + 40, :48])))
+    client.put_object(Bucket=bucket, Key="in/cut.png", Body=_png(photo[:40, :40])[:300])  # one failure: the report is written too
+    model = _small_generator(run.dir("s3-faults") / "generator")
+    _ray_init(run)
+
+    def ingest(label: str, rate: float) -> dict:
+        with s3_fault_proxy(upstream, rate=rate, seed=17) as proxy:
+            t0 = time.monotonic()
+            rows, summary = _epoch(f"s3://{bucket}/train", counter=f"s3f-{label}-{uuid.uuid4().hex[:6]}", s3_endpoint=proxy.endpoint)
+            return {"rows": rows, "summary": summary, "proxy": proxy.counters.as_dict(), "s": time.monotonic() - t0}
+
+    def bulk(label: str, rate: float) -> dict:
+        with s3_fault_proxy(upstream, rate=rate, seed=19) as proxy:
+            t0 = time.monotonic()
+            summary = _bulk(bucket, f"out-{label}", model, proxy.endpoint)
+            return {"summary": summary, "proxy": proxy.counters.as_dict(), "s": time.monotonic() - t0,
+                    "outputs": _digests(client, bucket, f"out-{label}")}
+
+    # The four runs at once, each through a proxy of its own (its own counters): Ray Data's start-up
+    # per execution overlaps instead of adding up.
+    with ThreadPoolExecutor(4) as pool:
+        futures = {(job.__name__, label): pool.submit(job, label, rate)
+                   for job in (ingest, bulk) for label, rate in (("fault-free", 0.0), ("faulty", FAULT_RATE))}
+        results = {key: future.result() for key, future in futures.items()}
+    clean, faulty = results["ingest", "fault-free"], results["ingest", "faulty"]
+    clean_bulk, faulty_bulk = results["bulk", "fault-free"], results["bulk", "faulty"]
+    faults = {k: faulty["proxy"][k] + faulty_bulk["proxy"][k] for k in ("faults", "slowdown", "internal", "reset", "requests")}
+    requests_clean = clean["proxy"]["requests"] + clean_bulk["proxy"]["requests"]
+    out.ran = (f"{len(objects)} training objects ({len(poisoned)} poisoned) and {n_bulk + 1} bulk inputs on moto S3; one ingest "
+               f"epoch and one bulk job through a proxy at 0% faults, the same at {FAULT_RATE:.0%}, the four at once")
+    out.figures.update({
+        "faults injected": f"{faults['faults']} (slowdown {faults['slowdown']}, 500 {faults['internal']}, reset {faults['reset']})",
+        "requests fault-free / faulty": f"{requests_clean} / {faults['requests']}",
+        "retries seen (extra requests)": faults["requests"] - requests_clean,
+        "ingest requests fault-free / faulty": f"{clean['proxy']['requests']} / {faulty['proxy']['requests']}",
+        "bulk requests fault-free / faulty": f"{clean_bulk['proxy']['requests']} / {faulty_bulk['proxy']['requests']}",
+        "crops": f"{clean['rows']} / {faulty['rows']}",
+        "skipped": " ".join(f"{k}={v}" for k, v in sorted(faulty["summary"]["counts"].items())),
+        "bulk done/failed": f"{faulty_bulk['summary'].done}/{faulty_bulk['summary'].failed}",
+        "bulk outputs (sha256 equal)": f"{sum(faulty_bulk['outputs'].get(k) == h for k, h in clean_bulk['outputs'].items())}"
+                                       f"/{len(clean_bulk['outputs'])}",
+        "ingest time fault-free / faulty": f"{clean['s']:.1f} s / {faulty['s']:.1f} s",
+        "bulk time fault-free / faulty": f"{clean_bulk['s']:.1f} s / {faulty_bulk['s']:.1f} s",
+    })
+    want_skips, _ = expected_counts(poisoned)
+    out.check("faults were injected in ingest and in bulk", faulty["proxy"]["faults"] > 0 and faulty_bulk["proxy"]["faults"] > 0)
+    out.check("ingest: the same objects (crop rows) as fault-free", faulty["rows"] == clean["rows"] == len(objects) - sum(want_skips.values()))
+    paths = [{kind: sorted(keys) for kind, keys in r["summary"]["examples"].items()} for r in (clean, faulty)]  # read order varies
+    out.check("ingest: the same skip counts and paths", faulty["summary"]["counts"] == clean["summary"]["counts"] == want_skips
+              and paths[0] == paths[1])
+    out.check("bulk: the same done/failed", (faulty_bulk["summary"].done, faulty_bulk["summary"].failed)
+              == (clean_bulk["summary"].done, clean_bulk["summary"].failed) == (n_bulk, 1))
+    out.check("bulk: outputs byte-identical (sha256), report included",
+              faulty_bulk["outputs"] == clean_bulk["outputs"] and len(clean_bulk["outputs"]) == n_bulk + 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------- bulk-kill-rerun
+
+
+def _objects(client, bucket: str, prefix: str) -> dict[str, tuple[str, object]]:
+    """key (relative to prefix) -> (ETag, LastModified)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return {o["Key"][len(prefix) + 1 :]: (o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])}
+
+
+def bulk_kill_rerun(run: Run) -> Outcome:
+    """The bulk job's driver SIGKILLed once two outputs exist, then the same command again."""
+    import boto3
+
+    from srgan.core.images import decode_image
+
+    out = Outcome("bulk-kill-rerun")
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    bucket = _bucket(client)
+    photo = _photo()
+    n = 16
+    for i in range(n):
+        client.put_object(Bucket=bucket, Key=f"many/{i % 4}/img_{i:02d}.png", Body=_png(np.ascontiguousarray(photo[8 * i : 8 * i + 160, 8 * i : 8 * i + 160])))
+    work = run.dir("bulk-kill-rerun")
+    import torch
+
+    from srgan.core.checkpoint import save_generator
+    from srgan.core.models import GeneratorConfig, build_generator
+
+    torch.manual_seed(0)
+    model = save_generator(work / "generator", build_generator(GeneratorConfig(num_blocks=2, num_features=16)))
+    cmd = project_command("upscale.py", "--input", f"s3://{bucket}/many", "--output", f"s3://{bucket}/many-x4", "--model", str(model),
+                          "--num-cpus", "0.25", "--batch-size", "1")
+    t0 = time.monotonic()
+    with open(work / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run.env(), start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and len(_objects(client, bucket, "many-x4")) < 2:
+        time.sleep(0.1)
+    killed_after = time.monotonic() - t0
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, by its pid: its actors die with the job
+    proc.wait(30)
+    before = _objects(client, bucket, "many-x4")
+    t1 = time.monotonic()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=run.env(), timeout=300)
+    rerun_s = time.monotonic() - t1
+    (work / "rerun.log").write_text(rerun.stdout + rerun.stderr)
+    after = _objects(client, bucket, "many-x4")
+    inputs = sorted(k for k in _objects(client, bucket, "many"))
+    skipped = int(rerun.stdout.split("skipped ")[1].split(",")[0]) if "skipped " in rerun.stdout else -1
+    whole = all(decode_image(client.get_object(Bucket=bucket, Key=f"many-x4/{k}")["Body"].read()).size == (640, 640) for k in after)
+    out.ran = f"{n} PNG inputs (160x160) on moto S3, pipelines/upscale.py on the shared cluster, SIGKILL of the driver once 2 outputs exist, then rerun"
+    out.figures.update({"inputs": n, "outputs before the kill": len(before), "killed after": f"{killed_after:.1f} s",
+                        "rerun skipped": skipped, "rerun": f"{rerun_s:.1f} s", "outputs after": len(after)})
+    out.check("killed part-way", 2 <= len(before) < n)
+    out.check("rerun exit 0", rerun.returncode == 0)
+    out.check("exactly one output per input, nothing else", sorted(after) == inputs)
+    out.check("every output whole (decodes at 4x)", whole)
+    out.check("nothing complete redone (same ETag and time, skipped >= outputs before)",
+              all(after.get(k) == v for k, v in before.items()) and skipped >= len(before))
+    return out
+
+
 SCENARIOS = {
     "data-poisoning": Scenario(run=data_poisoning, quick=True,
                                what="5% poisoned training objects (10 categories): exact counts, conversions, decode memory bound"),
+    "s3-faults": Scenario(run=s3_faults, quick=True,
+                          what="ingest and bulk through a 20% fault proxy vs fault-free: same objects and skips, identical outputs"),
+    "bulk-kill-rerun": Scenario(run=bulk_kill_rerun, quick=False,
+                                what="the bulk job's driver SIGKILLed part-way, then rerun: one complete output per input, none redone"),
 }
