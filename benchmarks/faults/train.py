@@ -190,8 +190,9 @@ def registry_versions(url: str, model: str) -> list[str]:
     return [str(v.version) for v in MlflowClient(url, registry_uri=url).search_model_versions(f"name = '{model}'")]
 
 
-def final_psnr(text: str) -> float | None:
-    found = re.findall(r"validation:\s+Y-PSNR ([0-9.]+) dB", text)
+def final_psnr(text: str, steps: int) -> float | None:
+    """The validation Y-PSNR at the last step (not the best checkpoint's, which the summary prints)."""
+    found = re.findall(rf"\[srgan\] step {steps} validation: Y-PSNR ([0-9.]+) dB", text)
     return float(found[-1]) if found else None
 
 
@@ -345,14 +346,14 @@ def _twice_killed(run: Run) -> dict:
     r["text"] = training.text()
     r["mlflow"] = {"train/loss": mlflow_steps(server.url, name, "train/loss")}
     r["versions"] = registry_versions(server.url, f"rel-{name}")
-    killed_psnr = final_psnr(r["text"])
+    killed_psnr = final_psnr(r["text"], steps)
     # Uninterrupted references: the same seed, and two more seeds for the spread.
     psnrs = {}
     for seed in (0, 1, 2):
         ref = f"ref{seed}"
         proc = subprocess.run(project_command("train.py", *train_args(data, name=ref, storage=str(work / "runs"), tracking=server.url, steps=steps, every=every, seed=seed)),
                               cwd=work, env=run.env(), capture_output=True, text=True, timeout=400)
-        psnrs[seed] = final_psnr(proc.stdout)
+        psnrs[seed] = final_psnr(proc.stdout + proc.stderr, steps)
     server.kill()
     spread = max(psnrs.values()) - min(psnrs.values()) if all(psnrs.values()) else float("nan")
     delta = abs(killed_psnr - psnrs[0]) if killed_psnr and psnrs[0] else float("nan")
