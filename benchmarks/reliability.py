@@ -82,6 +82,10 @@ def write_benchmarks_md(text: str, command: str) -> None:
     path.write_text(doc)
 
 
+def _write_json(path: str, outcomes: list[Outcome]) -> None:
+    Path(path).write_text(json.dumps([{**asdict(o), "passed": o.passed} for o in outcomes], indent=2, default=str))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the CI subset at small sizes (under 3 minutes on 2 cores)")
@@ -118,6 +122,8 @@ def main() -> int:
                     outcome = Outcome(name, checks={f"runs ({type(exc).__name__}: {str(exc)[:200]})": False})
                 outcome.name, outcome.seconds = name, time.monotonic() - t0
                 outcomes.append(outcome)
+                if args.json:  # after every scenario: what ran survives a crash of the ones after it
+                    _write_json(args.json, outcomes)
                 print(f"[reliability] {name}: {'pass' if outcome.passed else 'FAIL'} in {outcome.seconds:.0f} s", flush=True)
     finally:
         if not args.keep:
@@ -127,7 +133,7 @@ def main() -> int:
     print(f"[reliability] {len(outcomes)} scenarios in {time.monotonic() - t_all:.0f} s; "
           f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps([{**asdict(o), "passed": o.passed} for o in outcomes], indent=2, default=str))
+        _write_json(args.json, outcomes)
     if not args.quick and not args.only:
         write_benchmarks_md(text, "python benchmarks/reliability.py")
     return 1 if failed else 0

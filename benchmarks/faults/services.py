@@ -65,6 +65,10 @@ def ray_head(temp_dir: Path, *, num_cpus: int = 2, resources: str | None = None)
         yield {"address": f"127.0.0.1:{ports['port']}", "dashboard": f"http://127.0.0.1:{ports['dashboard-port']}",
                "temp_dir": str(temp_dir)}
     finally:
+        # A driver whose raylet dies is ended by Ray with exit code 1 (the harness itself connects
+        # when a scenario runs Ray Data in-process): disconnect first, then stop the cluster.
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
         kill_matching(str(temp_dir))
 
 
