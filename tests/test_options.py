@@ -21,6 +21,9 @@ SERVE_DEFAULTS = {
     "precision": "fp32", "runtime": "torch", "torch_threads": 0, "quality": 90,
     "num_replicas": 1, "min_replicas": None, "max_replicas": None, "target_ongoing_requests": 2.0,
     "max_ongoing_requests": 32, "num_cpus": 1.0, "num_gpus": 0.0,
+    # per-request time and memory, overload (None: the device's default deadline and rate)
+    "deadline_s": None, "rate_mpx_s": None, "memory_budget_mpx": 64.0, "max_queued_requests": 64, "retry_after_s": 2,
+    "body_idle_timeout_s": 15.0, "body_timeout_s": 120.0,
 }
 BULK_DEFAULTS = {
     "model": DEFAULT_MODEL, "tracking_uri": None, "format": None, "quality": 90, "workers": 1, "gpu": False,
