@@ -185,9 +185,9 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, dashboard: bool = False
 def stop_ray_head(temp_dir: Path) -> None:
     """Stop only the cluster whose processes run under ``temp_dir`` (``ray stop`` would stop every Ray
     cluster on the machine)."""
-    subprocess.run(["pkill", "-TERM", "-f", str(temp_dir)], capture_output=True)
-    time.sleep(2)
-    subprocess.run(["pkill", "-KILL", "-f", str(temp_dir)], capture_output=True)
+    from servers import stop_process_trees
+
+    stop_process_trees(str(temp_dir))
 
 
 RAY_SESSION: dict = {}  # the session cluster's address, dashboard URL and temp dir

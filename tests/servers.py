@@ -63,6 +63,46 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, *, group: bool = Fal
         proc.wait(timeout=10)
 
 
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line), read from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(entry.name)] = (ppid, cmdline)
+    return table
+
+
+def stop_process_trees(pattern: str, grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``, every process whose command line holds ``pattern`` and
+    every descendant of one. Descendants are gathered first: a Ray node's agents (``ray::RuntimeEnvAgent``)
+    carry no temp-dir path in their renamed command line and outlive a killed raylet otherwise."""
+    table = _process_table()
+    pids = {pid for pid, (_, cmd) in table.items() if pattern in cmd and pid != os.getpid()}
+    todo = list(pids)
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in pids and pid != os.getpid():
+                pids.add(pid)
+                todo.append(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in alive):
+            time.sleep(0.1)
+
+
 def _pg_bin(name: str) -> str:
     """A PostgreSQL server program: on PATH, else where Debian's packages put it (the newest major)."""
     found = shutil.which(name)

@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks.faults import REPO
 
 sys.path.insert(0, str(REPO / "tests"))
-from servers import free_port, mlflow_server, postgres, stop, wait_for_port  # noqa: E402,F401 - re-exported
+from servers import free_port, mlflow_server, postgres, stop, stop_process_trees, wait_for_port  # noqa: E402,F401 - re-exported
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -82,10 +82,8 @@ def ray_worker_node(address: str, *, num_cpus: int = 1, resources: str | None = 
 
 
 def kill_matching(pattern: str, grace_s: float = 2.0) -> None:
-    """SIGTERM then SIGKILL every process whose command line holds ``pattern``."""
-    subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
-    time.sleep(grace_s)
-    subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True)
+    """SIGTERM then SIGKILL every process whose command line holds ``pattern``, and their descendants."""
+    stop_process_trees(pattern, grace_s)
 
 
 @contextmanager
