@@ -2,7 +2,7 @@
 
 The SRGAN phase starts from the session's trained champion (``models:/srgan-generator@champion``,
 tests/conftest.py) with two DDP workers (gloo) and random VGG weights. (A killed worker mid-run is the
-reliability suite's, tests/test_reliability.py; a driver re-run resuming a run is checked on the
+reliability harness's, benchmarks/reliability.py --only train-worker-kill; a driver re-run resuming a run is checked on the
 SRResNet phase in tests/test_train_pipeline.py; both restore through the same training-state file.)
 """
 
