@@ -110,6 +110,7 @@ def _poke_bucket(s3_server) -> tuple[str, object]:
     return bucket, client
 
 
+@pytest.mark.soak  # CI: the harness's quick s3-faults runs ingest and bulk through the proxy
 def test_ingest_under_faults_reads_the_same_objects_with_the_same_skips(ray_cluster, s3_server):
     from srgan.distributed.ingest import build_train_dataset, count_skips
 
@@ -139,6 +140,7 @@ def test_ingest_under_faults_reads_the_same_objects_with_the_same_skips(ray_clus
     assert counters.requests > clean.counters.requests  # the retries: more requests than the fault-free run
 
 
+@pytest.mark.soak
 def test_bulk_upscale_under_faults_writes_byte_identical_outputs(ray_cluster, s3_server, tmp_path):
     from srgan.core.checkpoint import save_generator
     from srgan.core.models import GeneratorConfig, build_generator

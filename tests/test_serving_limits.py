@@ -253,6 +253,7 @@ def test_a_stalled_upload_gets_408_and_frees_its_slot(guarded):
     assert b'"error"' in answer and time.monotonic() - started < 30
 
 
+@pytest.mark.soak  # a local cluster of its own per signal; the harness's serve-stop measures all four cases
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_process_group_ends_every_process_in_under_10_s(ray_cluster, repo_root, tmp_path, signame):
     """serve.py on a local cluster of its own (no RAY_ADDRESS), as in a terminal; the signal goes to its

@@ -74,6 +74,7 @@ def local_data(tmp_path, datasets_dir):
     return write_local_training_data(tmp_path, datasets_dir)
 
 
+@pytest.mark.soak  # two 40-step runs; the harness's train-driver-kill is the same path
 def test_driver_killed_with_its_process_group_then_rerun_resumes_once(ray_cluster, repo_root, local_data, tmp_path):
     train_dir, val_dir = local_data
     steps, every = 40, 4
