@@ -29,6 +29,10 @@ from conftest import write_local_training_data
 from servers import free_port, postgres, stop, wait_for_port
 from srgan.tracking.runs import BufferedLogger, TrackingUnavailableError, open_run, with_tracking_retries
 
+# A PostgreSQL cluster and an mlflow server of this module's own, stopped and restarted: about 90 s
+# before the training run. CI runs the same outage through the harness's quick train-tracking-outage.
+pytestmark = pytest.mark.soak
+
 
 SMALL = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true"]
 
@@ -156,7 +160,6 @@ def _wait_for_line(lines: list[str], proc, pattern: str, timeout: float = 300) -
         time.sleep(0.1)
 
 
-@pytest.mark.soak  # a training run on a server stopped and restarted; the harness's quick train-tracking-outage runs it in CI
 def test_training_survives_a_tracking_outage(ray_cluster, running_server, repo_root, datasets_dir, tmp_path):
     """The server is killed after the first checkpoint and started again once training has gone on
     for 20 more steps: the run finishes in the same MLflow run with every step logged (those of the
