@@ -206,7 +206,8 @@ def test_work_past_the_deadline_stops_between_tiles_with_504(guarded):
 
 def test_memory_budget_holds_with_the_deadline_off_under_concurrent_large_inputs(guarded):
     url, _, _ = guarded
-    bodies = [_png(480, 480, seed=i) for i in range(16)]  # 3.7 MP of output each; the budget holds one
+    # 2.0 MP of output each: the budget (4 MP) holds two, while up to 4 requests are inside the replica.
+    bodies = [_png(352, 352, seed=i) for i in range(16)]
 
     async def burst():
         async with httpx.AsyncClient(base_url=url, timeout=600, headers=AUTH) as client:
@@ -221,7 +222,7 @@ def test_memory_budget_holds_with_the_deadline_off_under_concurrent_large_inputs
     refused = [r for r in responses if r.status_code == 503]
     assert len(served) + len(refused) == 16, codes
     assert served, codes  # the replica kept serving (it was not killed)
-    assert all(r.headers["x-output-size"] == "1920x1920" for r in served)
+    assert all(r.headers["x-output-size"] == "1408x1408" for r in served)
     # Serve's proxy (max_ongoing 4 + max_queued 2) refused the excess at once, with Retry-After.
     assert all("retry-after" in r.headers for r in refused), [dict(r.headers) for r in refused]
     # Never more output pixels held at once than the budget, though 4 requests were inside the replica.
