@@ -8,7 +8,6 @@ The pure parts (the token comparison, the weighted semaphore, the estimate) are 
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import _free_port
 from srgan.core.checkpoint import save_generator
@@ -262,7 +260,7 @@ def test_a_signal_to_the_process_group_ends_every_process_in_under_10_s(ray_clus
     30 s for a raylet the signal had already killed)."""
     import signal
 
-    from benchmarks.faults import process_tree
+    from benchmarks.faults import alive, process_tree
 
     checkpoint = save_generator(tmp_path / "small", _generator(seed=0))
     port = _free_port()
@@ -281,14 +279,14 @@ def test_a_signal_to_the_process_group_ends_every_process_in_under_10_s(ray_clus
         started = time.monotonic()
         os.killpg(proc.pid, getattr(signal, signame))
         proc.wait(timeout=60)
-        while [p for p in tree if _alive(p)] and time.monotonic() - started < 60:
+        while [p for p in tree if alive(p)] and time.monotonic() - started < 60:
             time.sleep(0.05)
         took = time.monotonic() - started
-        left = {p: _cmdline(p) for p in tree if _alive(p)}
+        left = {p: _cmdline(p) for p in tree if alive(p)}
         assert not left and took < 10, (took, left, log_path.read_text()[-3000:])
         assert proc.returncode == 0, log_path.read_text()[-3000:]
     finally:
-        for pid in [p for p in tree if _alive(p)]:
+        for pid in [p for p in tree if alive(p)]:
             os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
@@ -301,9 +299,3 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")

@@ -101,12 +101,26 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of one process, MiB."""
+def status_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory field of /proc/PID/status in MiB: VmRSS (resident now) or VmHWM (peak resident)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process, MiB."""
+    return status_mib(pid, "VmRSS")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child not yet reaped still has a /proc entry)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def run_logged(cmd: list[str], log: Path, env: dict[str, str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:

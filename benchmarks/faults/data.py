@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.faults import REPO, Outcome, Run, Scenario, process_tree, project_command, rss_mib
+from benchmarks.faults import Outcome, Run, Scenario, project_command, rss_mib
 
 # Poison category -> (what the ingest must do with it: a skip kind, or a conversion kind).
 POISON = {

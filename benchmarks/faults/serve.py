@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.faults import Outcome, Run, Scenario, process_tree, project_command, rss_mib, wait_until
+from benchmarks.faults import Outcome, Run, Scenario, alive, process_tree, project_command, rss_mib, status_mib, wait_until
 from benchmarks.faults.services import free_port  # noqa: F401 - also puts tests/ on sys.path
 
 LIMIT = 20 * 1024 * 1024  # the default body limit
@@ -368,12 +368,12 @@ def serve_overload(run: Run) -> Outcome:
         offered = asyncio.run(_open_loop(server.url, body, rate=4 * rate, seconds=15))
         stats = server.stats()
         pid = stats["pid"]
-        hwm_before = _hwm_mib(pid)
+        hwm_before = status_mib(pid, "VmHWM")
         big = asyncio.run(_burst(server.url, png(1000, 1000, smooth=True), 16))
         huge = asyncio.run(_burst(server.url, png(4000, 4000, smooth=True), 16))  # 16 MP in: over the budget
         stats_after = server.stats()
-        alive = Path(f"/proc/{pid}").exists() and stats_after["pid"] == pid
-        hwm_after = _hwm_mib(pid) if alive else float("nan")
+        replica_alive = Path(f"/proc/{pid}").exists() and stats_after["pid"] == pid
+        hwm_after = status_mib(pid, "VmHWM") if replica_alive else float("nan")
     finally:
         stop_server(server)
     ok = [r for r in offered if r[0] == 200]
@@ -400,16 +400,9 @@ def serve_overload(run: Run) -> Outcome:
     out.check("largest allowed inputs: served or 503, never 5xx otherwise", {r[0] for r in big} <= {200, 503})
     out.check("16 MP inputs: 413 (over the budget)", {r[0] for r in huge} == {413})
     out.check("memory budget held", stats_after["peak_output_mpx"] <= 16.0)
-    out.check("replica not killed", alive)
+    out.check("replica not killed", replica_alive)
     out.check("replica peak RSS within the bound", hwm_after - hwm_before <= bound)
     return out
-
-
-def _hwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _closed_loop(url: str, body: bytes, *, clients: int, requests: int) -> dict:
@@ -484,17 +477,17 @@ def serve_stop(run: Run) -> Outcome:
                 server.proc.send_signal(signum)
             try:
                 server.proc.wait(60)
-                wait_until(lambda: not [p for p in tree if _alive(p)], 60, interval=0.05, what="every process gone")
+                wait_until(lambda: not [p for p in tree if alive(p)], 60, interval=0.05, what="every process gone")
                 seconds = time.monotonic() - started
             except (subprocess.TimeoutExpired, TimeoutError):
                 seconds = float("inf")
-            left = [p for p in tree if _alive(p)]
+            left = [p for p in tree if alive(p)]
             load.kill()
             load.wait()
         finally:
             if server.proc.poll() is None:
                 stop_server(server, signal.SIGKILL)
-            for pid in [p for p in tree if _alive(p)]:
+            for pid in [p for p in tree if alive(p)]:
                 os.kill(pid, signal.SIGKILL)  # the leftovers of the processes it started
         out.figures[label] = f"{seconds:.1f} s ({len(tree)} processes, exit {server.proc.returncode})"
         out.check(f"{label}: every process gone in < 10 s", seconds < 10 and not left)
@@ -512,14 +505,6 @@ with httpx.Client(base_url=sys.argv[1], timeout=30) as c:
         except Exception:
             pass
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 # ------------------------------------------------------------------------------------------ serve-replica-kill
@@ -564,11 +549,11 @@ def _replica_pids(server: Server, want: int = 2, timeout: float = 180) -> set[in
             resp = httpx.get(f"{server.url}/v1/models", timeout=10)
             if resp.status_code == 200:
                 pid = resp.json()["replica_stats"]["pid"]
-                if _alive(pid):
+                if alive(pid):
                     seen.add(pid)
         except httpx.HTTPError:
             pass
-        seen = {p for p in seen if _alive(p)}
+        seen = {p for p in seen if alive(p)}
         if len(seen) >= want:
             return seen
         time.sleep(0.1)
