@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import signal
 import socket
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -108,15 +108,21 @@ def other_checkpoints(tmp_path_factory) -> dict[str, str]:
 def server(ray_cluster, repo_root, checkpoint, other_checkpoints, tmp_path_factory):
     """``pipelines/serve.py`` on a free port of 127.0.0.1, with two more models allowed and an LRU of one
     of them per replica; yields (base URL, process, log path)."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve-log") / "serve.log"
     allowed = [arg for path in other_checkpoints.values() for arg in ("--allow-model", path)]
+    with serve_cli(repo_root, ["--model", str(checkpoint), "--num-cpus", "0.25", "--batch-wait-ms", "300",
+                               "--refresh-interval", "0", *allowed, "--max-models-per-replica", "1"],
+                   log_path=tmp_path_factory.mktemp("serve-log") / "serve.log", cwd=tmp_path_factory.mktemp("serve-cwd")) as running:
+        yield running
+
+
+@contextmanager
+def serve_cli(repo_root: Path, args: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | None = None):
+    """``pipelines/serve.py ARGS`` on a free port of 127.0.0.1 of the session cluster, once healthy;
+    yields (base URL, process, log path). Afterwards the process is killed and Serve shut down."""
+    port = _free_port()
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", str(checkpoint), "--port", str(port),
-             "--num-cpus", "0.25", "--batch-wait-ms", "300", "--refresh-interval", "0", *allowed, "--max-models-per-replica", "1"],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path_factory.mktemp("serve-cwd"),
-        )
+        proc = subprocess.Popen([sys.executable, str(repo_root / "pipelines" / "serve.py"), *args, "--port", str(port)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log_path)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import _free_port
 from srgan.core.checkpoint import save_generator
-from test_serving import _assert_json_error, _encode, _generator, _wait_healthy
+from test_serving import _assert_json_error, _encode, _generator, _wait_healthy, serve_cli
 
 BUDGET_MPX = 4.0
 TOKEN = "s3cr3t-" + os.urandom(12).hex()  # this module's own; must never reach a log
@@ -111,30 +111,13 @@ def guarded(ray_cluster, repo_root, tmp_path_factory):
     """``pipelines/serve.py`` with a token in its environment; yields (base URL, process, log path)."""
     folder = tmp_path_factory.mktemp("limits")
     checkpoint = save_generator(folder / "small", _generator(seed=0))
-    port = _free_port()
-    log_path = folder / "serve.log"
-    env = {**os.environ, "SRGAN_API_TOKEN": TOKEN}
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", str(checkpoint), "--port", str(port),
-             "--num-cpus", "0.25", "--batch-wait-ms", "0", "--refresh-interval", "0",
-             # The memory budget's test runs with the deadline off (it must hold whatever the deadline);
-             # an optimistic seed rate admits everything, so the deadline tests choose their own deadlines.
-             "--deadline", "0", "--rate-mpx-s", "1000", "--memory-budget-mpx", str(BUDGET_MPX), "--tile-size", "64",
-             "--max-ongoing-requests", "4", "--max-queued-requests", "2", "--body-idle-timeout", "2"],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=folder, env=env, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log_path)
-        yield url, proc, log_path
-    finally:
-        from ray import serve
-
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        serve.shutdown()
+    with serve_cli(repo_root, ["--model", str(checkpoint), "--num-cpus", "0.25", "--batch-wait-ms", "0", "--refresh-interval", "0",
+                               # The memory budget's test runs with the deadline off (it must hold whatever the deadline);
+                               # an optimistic seed rate admits everything, so the deadline tests choose their own deadlines.
+                               "--deadline", "0", "--rate-mpx-s", "1000", "--memory-budget-mpx", str(BUDGET_MPX), "--tile-size", "64",
+                               "--max-ongoing-requests", "4", "--max-queued-requests", "2", "--body-idle-timeout", "2"],
+                   log_path=folder / "serve.log", cwd=folder, env={**os.environ, "SRGAN_API_TOKEN": TOKEN}) as running:
+        yield running
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
