@@ -7,7 +7,7 @@ served by it) that a scenario can kill and start again on the same port.
 - ``train-worker-kill`` (quick: one kill; full: two kills and the PSNR comparison): a Train worker
   SIGKILLed by its pid after a registered checkpoint; Ray Train restarts the group from it. The run
   reaches its full step count in the same MLflow run, each step logged once; steps lost at most one
-  checkpoint interval; the loss after the restart is at the checkpoint's level, not the start's. Full:
+  checkpoint interval; the loss levels around the restart are printed (a figure, not a check). Full:
   the final validation PSNR against uninterrupted runs (the same seed, and three seeds for the spread).
 - ``train-tracking-outage`` (quick): the tracking server killed mid-run and started again: one
   warning line, the run finishes, every step reaches MLflow (buffered), the generator is registered.
@@ -283,9 +283,10 @@ def worker_kill(run: Run) -> Outcome:
     out.check("each restart resumed from the registered checkpoint", len(resumed) == len(kills) and all(res >= k["registered"] for k, res in zip(kills, resumed)))
     out.check("steps lost at most one checkpoint interval", bool(lost) and all(0 <= n <= every for n in lost))
     cont = loss_continuity(r["text"], resumed[0], every) if resumed else {}
-    if cont:
-        # No reset: the first losses after the restart are nearer the checkpoint's level than the start's.
-        out.check("the loss continues from the checkpoint's level", abs(cont["after"] - cont["before"]) < abs(cont["after"] - cont["start"]) or cont["after"] <= cont["before"] * 1.25)
+    # The loss levels around the restart are a figure, not a check: a tiny model's loss over a few
+    # noisy steps would pass or fail such a comparison by luck. What shows the state was restored is
+    # "resumed from the registered checkpoint" above, and (full run) the final PSNR against an
+    # uninterrupted run.
     out.figures.update({
         "steps lost per kill": ", ".join(map(str, lost)),
         "resumed from": ", ".join(map(str, resumed)),
