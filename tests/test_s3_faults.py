@@ -4,6 +4,9 @@ server, and the clients of srgan.io.storage retrying through it.
 - The proxy injects 503 SlowDown, 500 and connection resets at its seeded rate, and counts them.
 - Every S3 client retries a bounded number of times, in the driver and in a Ray worker it was pickled
   to (pyarrow's own pickling drops the retry strategy: a defect this file holds fixed).
+- Ray Train's checkpoints on s3:// go through the same retrying filesystem (the trainer's RunConfig),
+  pickled to the controller and the workers with it: a store that fails four requests in a row, which
+  a client with AWS's default 3 attempts gives up on, still takes the run directory and a checkpoint.
 - Ingest and bulk upscaling through the proxy at 20% faults finish as the fault-free run does: the
   same objects, the same skip counts, byte-identical outputs.
 """
@@ -14,6 +17,7 @@ import hashlib
 import io
 import pickle
 import uuid
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -98,6 +102,75 @@ def test_boto3_client_makes_bounded_attempts(s3_server, s3_bucket):
             s3_client(proxy.endpoint, max_attempts=3).put_object(Bucket=s3_bucket, Key="k", Body=b"x")
         assert proxy.counters.requests == 3
     assert s3_client().meta.config.retries == {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS}
+
+
+def _fail_first(proxy, n: int) -> None:
+    """Make the proxy (started at rate 1.0) fail its first ``n`` requests, whatever they are, then
+    forward every other one: a burst of faults, the same on every run (no draw decides it)."""
+    draw = proxy._draw
+
+    def first_n():
+        kind = draw()
+        if proxy.counters.faults >= n:
+            proxy.set_rate(0.0)
+        return kind
+
+    proxy._draw = first_n
+
+
+def test_checkpoints_go_through_the_retrying_filesystem(s3_server, s3_bucket, tmp_path):
+    """Regression: Ray Train's checkpoints on s3:// went through Ray's own filesystem for the URI
+    (pyarrow's default 3 attempts a request): a flaky store could fail a checkpoint upload. The
+    trainer's RunConfig now names the retrying filesystem and a bucket-relative path; Ray's
+    StorageContext built from it (the controller's, then pickled to every worker, as Ray sends it)
+    creates the run directory and persists a checkpoint through four faults in a row."""
+    import dataclasses
+
+    from ray.train import Checkpoint
+
+    from srgan.config import Config
+    from srgan.distributed.trainer import SELECTION, _run_config, _storage_path
+
+    with s3_fault_proxy(s3_server, rate=1.0, seed=0, kinds=("slowdown",)) as proxy:
+        _fail_first(proxy, 4)
+        with pytest.raises(OSError, match="SLOW_DOWN|SlowDown|503|UNKNOWN"):
+            s3_filesystem(proxy.endpoint, max_attempts=3).get_file_info(f"{s3_bucket}/runs")
+        assert proxy.counters.requests == 3  # AWS's default gives up inside the burst
+
+    local = tmp_path / "ckpt"
+    (local / "sub").mkdir(parents=True)
+    files = {"training_state.pt": np.random.default_rng(0).bytes(300_000), "checkpoint.json": b'{"metadata": {"step": 4}}',
+             "sub/generator.safetensors": np.random.default_rng(1).bytes(50_000)}
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+    with s3_fault_proxy(s3_server, rate=1.0, seed=0, kinds=("slowdown",)) as proxy:
+        _fail_first(proxy, 4)
+        base = Config()
+        config = dataclasses.replace(base, data=dataclasses.replace(base.data, s3_endpoint=proxy.endpoint),
+                                     run=dataclasses.replace(base.run, name="ckpt", storage=f"s3://{s3_bucket}/runs/"))
+        run_config = _run_config(config, _storage_path(config.run.storage), SELECTION["srresnet"])
+        fs = run_config.storage_filesystem
+        assert isinstance(fs, RetryingS3FileSystem) and fs.max_attempts == S3_MAX_ATTEMPTS
+        assert run_config.storage_path == f"{s3_bucket}/runs"  # Ray wants no scheme beside a filesystem
+        controller = run_config.storage_context  # creates and checks the run's validation marker: the burst hits it
+        assert proxy.counters.faults == 4
+        worker = pickle.loads(pickle.dumps(controller))  # as Ray hands it to the controller and the workers
+        assert isinstance(worker.storage_filesystem, RetryingS3FileSystem) and worker.storage_filesystem.max_attempts == S3_MAX_ATTEMPTS
+        persisted = worker.persist_current_checkpoint(Checkpoint.from_directory(str(local)), "checkpoint_000000")
+        assert persisted.path == f"{s3_bucket}/runs/ckpt/checkpoint_000000"
+        with persisted.as_directory() as back:  # read back through the proxy (and the retrying filesystem)
+            assert {n: (Path(back) / n).read_bytes() for n in files} == files
+        counters = proxy.counters
+    assert counters.faults == 4 and counters.forwarded > len(files), counters
+    stored = _digests(boto3.client("s3", endpoint_url=s3_server), s3_bucket, "runs/ckpt/checkpoint_000000")
+    stored = {k: v for k, v in stored.items() if not k.endswith("/") and k}  # pyarrow's directory markers
+    assert stored == {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+
+
+def test_local_run_storage_keeps_rays_own_filesystem(tmp_path):
+    from srgan.distributed.trainer import _ray_storage
+
+    assert _ray_storage(str(tmp_path), None) == (str(tmp_path), None)
 
 
 # --------------------------------------------------------------------------------------- ingest and bulk through faults

@@ -15,8 +15,11 @@ Semantics:
 - Resume: re-running with the same ``run.name`` and ``run.storage`` restores the latest checkpoint
   (step, G, D, optimisers, EMA, RNG of rank 0; other ranks reseed from (seed, rank, step)) and logs to
   the same MLflow run; steps already in MLflow are not logged again.
+- Checkpoints on ``s3://`` go through :func:`srgan.io.storage.s3_filesystem` (``RunConfig(storage_filesystem=...)``),
+  so each request is retried like every other S3 request of the project (:func:`_ray_storage`).
 - Fault recovery: ``run.max_failures`` (FailureConfig) restarts a failed worker group from the latest
-  checkpoint within the same driver and MLflow run.
+  checkpoint within the same driver and MLflow run; a lost node too, once a node with room for the
+  workers is back (Ray Train retries the start of the group every 60 s meanwhile).
 - Tracking outages: rank 0 logs through :class:`srgan.tracking.runs.BufferedLogger` (a sender thread;
   metrics wait in memory while the server is down and are sent when it is back), so training and
   checkpoints (Ray storage, not MLflow) never wait on MLflow; the driver's MLflow calls are retried
@@ -379,6 +382,38 @@ def _storage_path(storage: str) -> str:
     return str(Path(storage.removeprefix("file://")).resolve())
 
 
+def _ray_storage(storage: str, s3_endpoint: str | None):
+    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``, from :func:`_storage_path`'s
+    URI. ``s3://bucket/prefix``: ``("bucket/prefix", s3_filesystem(endpoint))``, so that checkpoint
+    uploads and downloads, the checkpoint-manager snapshot and resume all go through the retrying
+    filesystem (10 attempts, :data:`srgan.io.storage.S3_MAX_ATTEMPTS`; Ray's own for an ``s3://`` path
+    would make pyarrow's default 3), and it survives pickling to the controller and every worker. Ray
+    wants the path without its scheme when a filesystem is given; the paths it hands back (checkpoint
+    paths) were scheme-less before too, and what it stores in the run's snapshot is relative to the run
+    directory, so runs started before this resume alike. A local path: ``(path, None)``."""
+    if storage.startswith("s3://"):
+        from srgan.io.storage import s3_filesystem
+
+        return storage.removeprefix("s3://").rstrip("/"), s3_filesystem(s3_endpoint)
+    return storage, None
+
+
+def _run_config(config: Config, storage: str, selection: Selection):
+    """Ray Train's ``RunConfig`` of the run: name, storage (:func:`_ray_storage`), checkpoints, failures."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig  # RAY
+
+    storage_path, storage_filesystem = _ray_storage(storage, config.data.s3_endpoint)
+    return RunConfig(  # RAY
+        name=config.run.name,
+        storage_path=storage_path,
+        storage_filesystem=storage_filesystem,
+        checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=selection.attribute, checkpoint_score_order=selection.mode),
+        failure_config=FailureConfig(max_failures=config.run.max_failures),
+        # Ray Train otherwise re-emits each worker print() through its logger: every line twice.
+        worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+    )
+
+
 def _cpus_per_worker(config: Config) -> float:
     """Fractional CPUs on small CPU machines, so Ray Data's read/decode tasks always get a core."""
     if config.run.cpus_per_worker > 0:
@@ -399,7 +434,7 @@ def _torch_threads(config: Config, cpus_per_worker: float) -> int:
 
 def run_training(config: Config, *, requested_init_from: str = "") -> TrainSummary:
     """Train ``config`` on Ray and register the best generator; blocks until done."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # RAY
+    from ray.train import ScalingConfig  # RAY
     from ray.train.torch import TorchTrainer  # RAY
 
     from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker
@@ -441,14 +476,7 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
         },
         datasets={"train": dataset},
         scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=config.run.gpu, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(
-            name=config.run.name,
-            storage_path=storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints, checkpoint_score_attribute=selection.attribute, checkpoint_score_order=selection.mode),
-            failure_config=FailureConfig(max_failures=config.run.max_failures),
-            # Ray Train otherwise re-emits each worker print() through its logger: every line twice.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-        ),
+        run_config=_run_config(config, storage, selection),
     )
     try:
         result = trainer.fit()
