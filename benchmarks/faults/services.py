@@ -1,4 +1,5 @@
-"""Real services for the harness, on 127.0.0.1: a local Ray head (and extra nodes), a moto S3 server.
+"""Real services for the harness, on 127.0.0.1: a local Ray head (and extra nodes, each under a temp
+dir of its own so that it can be killed alone), a moto S3 server.
 (MLflow on PostgreSQL: tests/servers.py's ``postgres`` and ``mlflow_server``, imported from here.)"""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.faults import REPO
+from benchmarks.faults import REPO, process_tree
 
 sys.path.insert(0, str(REPO / "tests"))
 from servers import free_port, mlflow_server, postgres, stop, stop_process_trees, wait_for_port  # noqa: E402,F401 - re-exported
@@ -66,19 +67,60 @@ def ray_head(temp_dir: Path, *, num_cpus: int = 2, resources: str | None = None)
                "temp_dir": str(temp_dir)}
     finally:
         # A driver whose raylet dies is ended by Ray with exit code 1 (the harness itself connects
-        # when a scenario runs Ray Data in-process): disconnect first, then stop the cluster.
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
+        # when a scenario runs Ray Data in-process): disconnect first, then stop the cluster. Only a
+        # connection to this cluster: a scenario's own head stopping leaves the shared one's alone.
+        # (By its port: Ray may name the machine's own address instead of 127.0.0.1.)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized() and ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1] == str(ports["port"]):
+            ray.shutdown()
         kill_matching(str(temp_dir))
 
 
-def ray_worker_node(address: str, *, num_cpus: int = 1, resources: str | None = None) -> None:
-    """A second node joined to ``address`` (its own raylet and object store), blocking until it is up."""
+def ray_worker_node(address: str, temp_dir: Path, *, num_cpus: int = 1, resources: str | None = None) -> dict[str, str]:
+    """A node joined to ``address`` (its own raylet, object store and agents), its processes under
+    ``temp_dir`` (keep it short: Ray's socket paths live there) and every listening port chosen free;
+    blocks until it is up. Stop it with :func:`kill_node` (its processes alone: the head and other
+    nodes stay)."""
+    ports = {name: free_port() for name in (
+        "node-manager-port", "object-manager-port", "metrics-export-port", "runtime-env-agent-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port")}
     args = [f"--address={address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-            "--object-store-memory=500000000", "--disable-usage-stats"]
+            "--object-store-memory=500000000", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    args += [f"--{name}={port}" for name, port in ports.items()]
     if resources:
         args.append(f"--resources={resources}")
     _ray_start(args)
+    return {"temp_dir": str(temp_dir)}
+
+
+def node_processes(temp_dir: Path | str) -> list[int]:
+    """Every process of the Ray node whose temp dir is ``temp_dir``: those whose command line names it
+    (raylet, agents, log monitor) and all their descendants (workers, actors, Ray Data tasks)."""
+    pattern = str(temp_dir).rstrip("/")
+    roots = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # The path, then a path or the next argument: /tmp/rn-1 does not match /tmp/rn-10's processes.
+        if f"{pattern}/" in cmdline or f"{pattern} " in f"{cmdline} ":
+            roots.append(int(entry.name))
+    return sorted({pid for root in roots for pid in process_tree(root)} - {os.getpid()})
+
+
+def kill_node(temp_dir: Path | str) -> int:
+    """SIGKILL every process of the node under ``temp_dir`` at once (a machine lost: nothing is told,
+    nothing flushes); returns how many were killed."""
+    pids = node_processes(temp_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
 
 
 def kill_matching(pattern: str, grace_s: float = 2.0) -> None:

@@ -1,4 +1,4 @@
-"""Training scenarios of the reliability harness: workers, the driver, a node and the tracking server lost.
+"""Training scenarios of the reliability harness: a worker, the driver, a node and the tracking server lost.
 
 Every run is pipelines/train.py as a user types it (tiny SRResNet: 1 block, 8 features, 32x32 crops,
 two DDP workers over gloo), tracked on a real ``mlflow server`` (SQLite backend store, artifacts
@@ -15,9 +15,20 @@ served by it) that a scenario can kill and start again on the same port.
   under 90 s.
 - ``train-driver-kill`` (full): pipelines/train.py SIGKILLed with its process group after a
   checkpoint, then rerun: it resumes, one MLflow run, one registry version.
-- Node loss (issue 13, item 6) is not a scenario yet: it needs the Train workers placed on a chosen
-  node (a custom resource in ScalingConfig, which the config does not offer) and a way to kill that
-  node's processes alone.
+- ``train-node-loss`` (full): a two-node cluster of its own (services.ray_head / ray_worker_node):
+  a head with 0 CPUs, so that the Train workers and Ray Data's tasks can only go to the worker node
+  (the driver, Ray Train's controller, its dataset manager and sync actor need no CPU and stay on
+  the head, the driver's node), and a worker node with 2 CPUs under a temp dir of its own. Checkpoints
+  on the moto S3 server (``s3://rel-node-loss/runs``). Once one is registered, every process of the
+  worker node (raylet, agents, workers) is SIGKILLed at once (services.kill_node); a fresh node (a
+  new temp dir) joins only after Ray Train's first attempt to start the new group has timed out (it
+  waits 60 s for the group's placement group, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, then retries
+  without limit: FailureConfig.controller_failure_limit is -1), so the run must wait for a node, as
+  for an autoscaler's replacement, not fail. Checked: exit 0, one worker-group restart (the node
+  loss counts once against run.max_failures; the start-up timeouts do not), the old workers on the
+  killed node and the new ones on the new node, resumed from the registered checkpoint, at most one
+  interval lost, one MLflow run with every step once, the full step count, one registry version.
+  Figures: new node start -> first step after the restart, steps lost, kill -> failure detected.
 """
 
 from __future__ import annotations
@@ -28,11 +39,12 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from benchmarks.faults import PYTHON, REPO, Outcome, Run, Scenario, project_command, wait_until
-from benchmarks.faults.services import free_port, wait_for_port
+from benchmarks.faults.services import free_port, kill_node, node_processes, ray_head, ray_worker_node, wait_for_port
 
 SMALL = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.bicubic_skip=true",
          "--set", "data.crop_size=32"]
@@ -140,13 +152,31 @@ def train_args(data: tuple[Path, Path], *, name: str, storage: str, tracking: st
             "--set", f"train.seed={seed}", *extra]
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
+
+
+def _snapshot_step(text: str) -> int | None:
+    try:
+        latest = json.loads(text)["latest_checkpoint_result"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return latest["metrics"]["step"] if latest else None
+
+
 def registered_step(run_dir: Path) -> int | None:
     """The step of the latest checkpoint Ray Train has registered (its checkpoint manager's snapshot)."""
     try:
-        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return _snapshot_step((run_dir / SNAPSHOT).read_text())
+    except FileNotFoundError:
         return None
-    return latest["metrics"]["step"] if latest else None
+
+
+def registered_step_s3(client, bucket: str, run_prefix: str) -> int | None:
+    """:func:`registered_step` of a run stored on S3 (``s3://bucket/run_prefix/``)."""
+    try:
+        return _snapshot_step(client.get_object(Bucket=bucket, Key=f"{run_prefix}/{SNAPSHOT}")["Body"].read().decode())
+    except client.exceptions.NoSuchKey:
+        return None
 
 
 def printed_losses(text: str) -> list[tuple[int, float]]:
@@ -407,8 +437,153 @@ def driver_kill(run: Run) -> Outcome:
     return out
 
 
+# ------------------------------------------------------------------------------------ node loss
+
+
+class LogTimes(threading.Thread):
+    """Watches a :class:`Training`'s output from character ``after`` on (polling every 0.1 s, on a
+    thread of its own, so that a blocking call meanwhile - ``ray start`` - misses nothing) and keeps
+    the monotonic time at which each named pattern first matched."""
+
+    def __init__(self, training: Training, patterns: dict[str, str], *, after: int) -> None:
+        super().__init__(daemon=True, name="log-times")
+        self.training, self.after = training, after
+        self.patterns = {k: re.compile(v) for k, v in patterns.items()}
+        self.seen: dict[str, float] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and len(self.seen) < len(self.patterns):
+            text, now = self.training.text(), time.monotonic()
+            for key, pattern in self.patterns.items():
+                if key not in self.seen and pattern.search(text, self.after):
+                    self.seen[key] = now
+            self.stopping.wait(0.1)
+
+    def wait_for(self, key: str, timeout: float) -> float:
+        def seen():
+            if key not in self.seen and self.training.proc.poll() is not None:
+                time.sleep(0.3)  # the watcher's last look at the finished output
+                if key not in self.seen:
+                    raise RuntimeError(f"pipelines/train.py exited ({self.training.proc.returncode}) before {key}:\n{self.training.text()[-3000:]}")
+            return self.seen.get(key)
+        return wait_until(seen, timeout, interval=0.1, what=key)
+
+
+def _worker_pids(text: str, world: int) -> dict[int, int]:
+    """rank -> pid of the latest worker group's start lines in ``text``."""
+    return {int(r): int(p) for r, p in re.findall(rf"\[srgan\] worker rank (\d+)/{world} pid (\d+)", text)}
+
+
+def _failure_sources(text: str) -> list[str]:
+    """The source of every '[FailurePolicy] RETRY' decision in the output ('worker group', 'controller')."""
+    return re.findall(r"\[FailurePolicy\] RETRY[^\n]*\n[^\n]*?Source: ([a-z ]+)", text)
+
+
+def node_loss(run: Run) -> Outcome:
+    """A two-node cluster of the scenario's own: a head with 0 CPUs (the driver, Ray Train's controller
+    and Ray Data's coordinator; they need none) and a worker node with 2 (both Train workers and every
+    Ray Data task). Once a checkpoint on S3 is registered, every process of the worker node is
+    SIGKILLed, raylet included; a fresh node (new temp dir) joins only after Ray Train's first attempt
+    to restart the group has timed out for lack of room (its placement-group wait, 60 s), so the run
+    must wait for the node, as it would for an autoscaler, rather than fail."""
+    from srgan.io.storage import s3_client
+
+    out = Outcome("train-node-loss")
+    work = run.dir("train-node-loss")
+    data = training_data(work / "data")
+    steps, every, world = 24, 4, 2
+    name, bucket = "nodeloss", "rel-node-loss"
+    s3 = s3_client()  # the harness's moto server (the standard AWS variables)
+    s3.create_bucket(Bucket=bucket)
+    server = TrackingServer(work)
+    server.start()
+    tag = f"/tmp/rnl-{os.getpid()}"  # short: Ray's socket paths live under a node's temp dir
+    head_dir, first_dir, second_dir = Path(f"{tag}-h"), Path(f"{tag}-n1"), Path(f"{tag}-n2")
+    out.ran = (f"own cluster on 127.0.0.1: head (0 CPUs: driver, Train controller) + worker node (2 CPUs); {world} DDP workers, "
+               f"{steps} steps, checkpoint every {every} on S3 (moto); the worker node SIGKILLed (raylet and all) after a "
+               "registered checkpoint, a fresh node joined after Ray Train's first start-up timeout; MLflow server")
+    r: dict = {}
+    training, watch = None, None
+    t0 = time.monotonic()
+    try:
+        with ray_head(head_dir, num_cpus=0) as head:
+            try:
+                ray_worker_node(head["address"], first_dir, num_cpus=2)
+                args = train_args(data, name=name, storage=f"s3://{bucket}/runs", tracking=server.url, steps=steps, every=every)
+                training = Training(args, work / f"{name}.log", run.env(RAY_ADDRESS=head["address"]), work)
+                training.wait_for(rf"\[srgan\] worker rank {world - 1}/{world} pid \d+", 300)
+                r["registered"] = wait_until(lambda: (s := registered_step_s3(s3, bucket, f"runs/{name}")) is not None and s >= every and s,
+                                             300, interval=0.2, what=f"a registered checkpoint at step >= {every}")
+                text = training.text()
+                pids = _worker_pids(text, world)
+                r["workers_on_first"] = len(pids) == world and set(pids.values()) <= set(node_processes(first_dir))
+                cut = len(text)
+                watch = LogTimes(training, {
+                    "the worker group's failure": r"\[FailurePolicy\] RETRY[^\n]*\n[^\n]*?Source: worker group",
+                    "a start-up timeout": r"\[FailurePolicy\] RETRY[^\n]*\n[^\n]*?Source: controller",
+                    "the resume": r"resumed from step \d+",
+                }, after=cut)
+                watch.start()
+                t_kill = time.monotonic()
+                r["killed_processes"] = kill_node(first_dir)
+                time.sleep(1.0)  # the step lines already on their way to the driver
+                losses = printed_losses(training.text())
+                r["last_printed"] = losses[-1][0] if losses else 0
+                r["detect_s"] = watch.wait_for("the worker group's failure", 180) - t_kill
+                r["waited_s"] = watch.wait_for("a start-up timeout", 180) - t_kill
+                t_join = time.monotonic()
+                ray_worker_node(head["address"], second_dir, num_cpus=2)
+                r["node_up_s"] = time.monotonic() - t_join
+                watch.wait_for("the resume", 300)
+                r["resumed"] = int(re.search(r"resumed from step (\d+)", training.text()[cut:]).group(1))
+                training.wait_for(rf"\[srgan\] step {r['resumed'] + 1}/", 300, after=cut)
+                r["recovery_s"] = time.monotonic() - t_join  # to within the 0.1 s poll
+                after = _worker_pids(training.text()[cut:], world)  # the new group's start lines
+                r["workers_on_second"] = len(after) == world and set(after.values()) <= set(node_processes(second_dir))
+                r["rc"] = training.wait(600)
+            finally:
+                if watch is not None:
+                    watch.stopping.set()
+                if training is not None:
+                    training.kill_group()
+                for node in (first_dir, second_dir):  # the worker nodes, then (leaving the block) the head
+                    kill_node(node)
+        r["seconds"] = time.monotonic() - t0
+        text = training.text()
+        run_id, loss_steps, _ = mlflow_steps(server.url, name, "train/loss")
+        versions = registry_versions(server.url, f"rel-{name}")
+    finally:
+        server.kill()
+        for folder in (head_dir, first_dir, second_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+    sources = _failure_sources(text)
+    lost = r["last_printed"] - r["resumed"]
+    out.check("the run exits 0", r.get("rc") == 0)
+    out.check("both Train workers ran on the killed node", r["workers_on_first"])
+    out.check("one worker-group restart (the node loss), however many start-up retries while no node had room",
+              sources.count("worker group") == 1 and set(sources) <= {"worker group", "controller"})
+    out.check("the run waited through a start-up timeout for the new node (not failed)", sources.count("controller") >= 1)
+    out.check("the restarted workers ran on the new node", r["workers_on_second"])
+    out.check("resumed from the registered checkpoint on S3", r["resumed"] >= r["registered"])
+    out.check("steps lost at most one checkpoint interval", 0 <= lost <= every)
+    out.check("one MLflow run", not run_id.endswith(" runs"))
+    out.check(f"every step 1..{steps} in MLflow exactly once", loss_steps == list(range(1, steps + 1)))
+    out.check("the full step count reached (a checkpoint at the last step)", f"checkpoint step {steps} saved" in text)
+    out.check("one registry version", versions == ["1"])
+    out.figures.update({
+        "new node start -> first step after the restart (recovery)": f"{r['recovery_s']:.0f} s (the node up in {r['node_up_s']:.0f} s)",
+        "steps lost (last step printed before the kill - checkpoint resumed from)": f"{lost} ({r['last_printed']} - {r['resumed']})",
+        "kill -> worker group failed; kill -> Ray Train's start-up timeout": f"{r['detect_s']:.0f} s; {r['waited_s']:.0f} s",
+        "processes killed on the node": str(r["killed_processes"]),
+        "run time": f"{r['seconds']:.0f} s",
+    })
+    return out
+
+
 SCENARIOS = {
     "train-worker-kill": Scenario(run=worker_kill, quick=True, what="a Train worker SIGKILLed (quick: once; full: twice + the PSNR comparison): same MLflow run, full steps"),
     "train-tracking-outage": Scenario(run=tracking_outage, quick=True, what="the MLflow server killed mid-run and restarted: one warning, every step logged, registered"),
     "train-driver-kill": Scenario(run=driver_kill, quick=False, what="pipelines/train.py SIGKILLed with its process group, rerun: resumed, one run, one version"),
+    "train-node-loss": Scenario(run=node_loss, quick=False, what="the node of both Train workers SIGKILLed (raylet and all), a fresh one joins late: resumed from S3, same MLflow run, full steps"),
 }
