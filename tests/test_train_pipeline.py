@@ -2,29 +2,20 @@
 
 The session's champion run (``srresnet_champion`` in conftest.py): two DDP workers (gloo) train a small
 generator from an S3 prefix that holds real photos and three bad objects. Here it is checked, resumed
-with more steps, and the registered champion is evaluated.
+with more steps on a local cluster of its own (whose console is checked), and the registered champion
+is evaluated.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-
-def _train(repo_root, workdir, *args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(repo_root / "pipelines" / "train.py"), *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
-    )
+from test_console import assert_console_is_the_projects_own, local_cluster_env
 
 
 def _metric_steps(client, run_id, key):
@@ -55,10 +46,18 @@ def test_train_from_s3_with_two_ddp_workers_then_resume(srresnet_champion, repo_
     champion = client.get_model_version_by_alias("srgan-generator", "champion")
     assert str(champion.version) == "1" and champion.run_id == run_id and champion.tags["step"] == "6"
 
-    # Resume: same name and storage, more steps -> the same MLflow run continues from step 6.
-    second = _train(repo_root, work, *args, "--steps", "7")
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resumed from step 6" in second.stdout + second.stderr
+    # Resume: same name and storage, more steps -> the same MLflow run continues from step 6. Run as on a
+    # user's machine: no RAY_ADDRESS, so pipelines/train.py starts a local cluster of its own (beside the
+    # session cluster, as the README's main command would beside another), resuming from S3 storage;
+    # its console is checked too (tests/test_console.py).
+    second = subprocess.run([sys.executable, str(repo_root / "pipelines" / "train.py"), *args, "--steps", "7"],
+                            cwd=work, capture_output=True, text=True, timeout=600, env=local_cluster_env())
+    console = second.stdout + second.stderr
+    assert second.returncode == 0, console[-5000:]
+    assert "resumed from step 6" in console
+    assert_console_is_the_projects_own(console)
+    assert "registered:  models:/srgan-generator/2" in console
+    assert f"look:        {db.rstrip('/')}/#/experiments  (experiment 'srgan', run " in console  # the server's UI, not `mlflow ui`
     runs = client.search_runs([client.get_experiment_by_name("srgan").experiment_id], "attributes.run_name = 'e2e'")
     assert len(runs) == 1 and runs[0].info.run_id == run_id
     loss_steps = _metric_steps(client, run_id, "train/loss")

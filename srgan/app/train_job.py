@@ -118,4 +118,6 @@ def print_summary(summary) -> None:
     print(f"time:        {summary.seconds:.0f} s")
     if db.startswith("sqlite:"):
         print(f"look:        mlflow ui --backend-store-uri {db}   (then open http://127.0.0.1:5000)")
+    elif db.startswith(("http://", "https://")):
+        print(f"look:        {db.rstrip('/')}/#/experiments  (experiment '{summary.experiment}', run {summary.run_id})")
     print(f"evaluate:    python pipelines/evaluate.py --model {summary.registered} --tracking-uri {db} --data ../shared/datasets/Set5")

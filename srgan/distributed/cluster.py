@@ -84,6 +84,9 @@ _QUIET_LOGGERS = {
     "ray.train.v2._internal.execution.storage": logging.WARNING,  # "Checkpoint successfully created", every checkpoint
     "ray.train.torch.config": logging.WARNING,  # "Setting up process group"
     "ray.train.v2.torch.train_loop_utils": logging.WARNING,  # "Moving model to device"
+    # "A run snapshot was found in storage folder ..." (three lines) on every resume: the project
+    # prints its own "[srgan] ... resumed from step N".
+    "ray.train.v2._internal.execution.checkpoint.checkpoint_manager": logging.WARNING,
 }
 
 

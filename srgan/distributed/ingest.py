@@ -59,7 +59,7 @@ class SkipCounter(SkipTally):
     def add(self, skips: Iterable[tuple[str, str]], converted: Iterable[tuple[str, str]] = ()) -> SkipList:
         new = super().add(skips, converted)
         for kind, path in new:
-            logging.getLogger(__name__).warning("skipped training image (%s): %s", kind, path)
+            logging.getLogger(__name__).warning("[srgan] skipped training image (%s): %s", kind, path)
         return new
 
 

@@ -16,8 +16,11 @@ registration retried after a tracking outage answered the first attempt too late
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +94,23 @@ def register_generator(
             raise
     source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}/step_{step}"
     version_tags = {"step": str(step), **(tags or {}), **({metric_name: f"{metric_value:.6f}"} if metric_value is not None else {})}
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
+    # MLflow logs "Waiting up to 300 seconds for model version to finish creation" at INFO on every
+    # registration with a tracking server: not a line for the run's console.
+    with _quiet_logger("mlflow.store.model_registry.abstract_store"):
+        version = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
     return _finish(client, version, name, metric_name, metric_value, higher_is_better)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """``name``'s records below ``level`` dropped for the duration (a filter: MLflow resets levels)."""
+    logger = logging.getLogger(name)
+    below = lambda record: record.levelno >= level  # noqa: E731
+    logger.addFilter(below)
+    try:
+        yield
+    finally:
+        logger.removeFilter(below)
 
 
 def _version_of(client, name: str, *, run_id: str, step: int):

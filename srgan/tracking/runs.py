@@ -141,7 +141,17 @@ class MetricLogger:
 
 
 def finish_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED") -> None:
-    _client(tracking_uri).set_terminated(run_id, status=status)
+    # For a tracking server MLflow would print two "View run/experiment at" lines to stdout here; the
+    # run's summary (pipelines/train.py) already names the run and where to look at it.
+    saved = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    try:
+        _client(tracking_uri).set_terminated(run_id, status=status)
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = saved
 
 
 # ------------------------------------------------------------------------------ tracking outages
