@@ -237,7 +237,7 @@ def cli(capsys, monkeypatch):
     """Run ``pipelines/<name>.py``'s ``main`` in this process, as its ``__main__`` block does (through
     ``run_cli``), and return its exit status and output: flag and config errors are checked without a
     subprocess that imports torch, Ray and MLflow again. A tripwire on ``ray.init`` makes "fails before
-    Ray starts" an assertion. (tests/test_project.py keeps one real subprocess for the exit-code contract.)"""
+    Ray starts" an assertion; with ``on_cluster=True`` a whole job runs on the session cluster instead. (tests/test_cli.py keeps a real subprocess for the exit-code contract.)"""
     import importlib.util
 
     import ray
@@ -247,13 +247,19 @@ def cli(capsys, monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("Ray was started: the error was not caught before Ray starts")
 
-    def run(name: str, *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> CliResult:
+    def run(name: str, *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
+            on_cluster: bool = False) -> CliResult:
+        """``on_cluster``: the pipeline runs its job on the session's Ray cluster, which this process
+        is already connected to (``ray_cluster``); no tripwire then."""
+        if on_cluster and not ray.is_initialized():
+            raise AssertionError("on_cluster needs the ray_cluster fixture (this process connected to the session cluster)")
         path = REPO_ROOT / "pipelines" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(f"pipeline_{name}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         with monkeypatch.context() as m:
-            m.setattr(ray, "init", tripwire)
+            if not on_cluster:
+                m.setattr(ray, "init", tripwire)
             m.setattr(sys, "argv", [str(path), *argv])
             if cwd is not None:
                 m.chdir(cwd)
@@ -271,6 +277,34 @@ def cli(capsys, monkeypatch):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (tests/browser.py) for a module's page tests. Module-scoped, and those tests
+    come last in their module: while Playwright's sync API is open, its event loop runs in this thread
+    and ``asyncio.run`` fails."""
+    from browser import CHROMIUM
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium's sandbox refuses to run as root
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def offline(browser):
+    """A fresh browser context and page that may only reach 127.0.0.1 (tests/browser.py)."""
+    from browser import OfflinePage
+
+    page = OfflinePage(browser)
+    yield page
+    page.context.close()
 
 
 def closed_port() -> int:

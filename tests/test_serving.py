@@ -3,12 +3,14 @@
 ``pipelines/serve.py`` runs as a subprocess (as a user runs it) against RAY_ADDRESS, with a small
 checkpoint and fractional CPUs per replica; responses are compared with direct Upscaler calls in this
 process. A second application follows a model registered in MLflow (SQLite) through its alias while
-requests keep flowing. The last test interrupts the CLI and checks it stops cleanly.
+requests keep flowing. A real browser (headless Chromium) uses the web page at ``/``. The last test
+interrupts the CLI and checks it stops cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import re
 import signal
@@ -27,6 +29,7 @@ import pytest
 import torch
 from PIL import Image
 
+from browser import natural_size, photo_file, screenshot, wait_for_result
 from conftest import _free_port, load_photo, randomise_bn_statistics
 from srgan.core.checkpoint import save_generator
 from srgan.core.images import decode_image, encode_image
@@ -423,6 +426,104 @@ def _register(db: str, checkpoint_dir, *, step: int, psnr: float) -> str:
                              metric_name="val_psnr_y", metric_value=psnr)
     assert reg.champion
     return reg.version
+
+
+# ------------------------------------------------------------------------------------------ the web page, in a browser
+# Headless Chromium (tests/browser.py) on this module's endpoint: it uploads a real photo (picked, and
+# dropped), waits for the result, reads the images' natural sizes and downloads the output; a text file
+# gives a readable error; every page loads with the network limited to 127.0.0.1. (The page behind a
+# bearer token: tests/test_serving_limits.py.)
+
+
+def _models_by_id(url: str) -> dict[str, dict]:
+    return {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=60).json()["models"]}
+
+
+def test_page_upload_shows_before_and_after_at_4x_and_downloads_it(server, checkpoint, offline, tmp_path):
+    url, page = server[0], offline.page
+    photo = photo_file(tmp_path)
+    page.goto(f"{url}/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#file", str(photo))
+    wait_for_result(page)
+
+    width, height = Image.open(photo).size
+    assert natural_size(page, "#before") == (width, height)
+    assert natural_size(page, "#after") == (4 * width, 4 * height)
+    # Both are drawn at the same on-screen size (the comparison lines up), and zoom changes it.
+    boxes = [page.locator(s).bounding_box() for s in ("#before", "#after")]
+    assert (boxes[0]["width"], boxes[0]["height"]) == (boxes[1]["width"], boxes[1]["height"]) and boxes[0]["width"] > 0
+    screenshot(page, "web_page_result.png")
+    page.eval_on_selector("#zoom", "el => { el.value = '2'; el.dispatchEvent(new Event('input')); }")
+    assert page.locator("#after").bounding_box()["width"] == pytest.approx(8 * width, abs=1)
+
+    default = _models_by_id(url)[str(checkpoint)]
+    assert page.text_content("#info-input") == f"{width}x{height}"
+    assert page.text_content("#info-output") == f"{4 * width}x{4 * height}"
+    assert page.text_content("#info-model") == f"{default['name']} version {default['version']}"
+    assert float(page.text_content("#info-time").split(" s")[0]) > 0
+
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "cat_120x80_x4.png" and Image.open(saved).size == (4 * width, 4 * height)
+    assert offline.foreign == []
+
+
+def test_page_sends_a_dropped_image_to_the_model_picked(server, other_checkpoints, offline, tmp_path):
+    url, page = server[0], offline.page
+    page.goto(f"{url}/")
+    page.wait_for_selector("#model option:nth-child(2)", state="attached")
+    other = _models_by_id(url)[other_checkpoints["a"]]
+    page.select_option("#model", other_checkpoints["a"])
+    photo = photo_file(tmp_path, "astronaut.png", (64, 48))
+    dropped = page.evaluate_handle(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: "image/png"}));
+            return transfer;
+        }""",
+        [base64.b64encode(photo.read_bytes()).decode(), photo.name],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    wait_for_result(page)
+    assert page.text_content("#info-model") == f"{other['name']} version {other['version']}"
+    assert natural_size(page, "#after") == (256, 192)
+    assert offline.foreign == []
+
+
+def test_page_shows_a_readable_error_for_a_text_file_not_a_broken_image(server, offline, tmp_path):
+    url, page = server[0], offline.page
+    notes = tmp_path / "notes.txt"
+    notes.write_text("this is not an image\n" * 20)
+    page.goto(f"{url}/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#file", str(notes))
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.text_content("#error")
+    assert message.startswith("Error 415 (not a supported image): ") and "{" not in message, message
+    assert page.is_hidden("#result")  # no image element on screen, broken or stale
+    screenshot(page, "web_page_error.png")
+    assert offline.foreign == []
+
+
+def test_page_and_docs_work_with_the_network_limited_to_127_0_0_1(server, offline):
+    url, page = server[0], offline.page
+    page.goto(f"{url}/")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#model option").count() == 3 and page.is_hidden("#error")  # the default and two allowed
+
+    page.goto(f"{url}/docs")
+    page.locator(".opblock-summary-path", has_text="/v1/upscale").wait_for()  # Swagger UI rendered the API
+    assert page.locator(".opblock-summary-path", has_text="/v1/models").count() == 1
+    screenshot(page, "web_docs.png")
+    assert offline.foreign == []
+
+    # The guard itself works: a request to another host is recorded and fails.
+    failed = page.evaluate("() => fetch('http://example.com/x').then(() => false, () => true)")
+    assert failed and offline.foreign == ["http://example.com/x"]
 
 
 def test_model_from_registry_alias_and_update_without_downtime(server, cli, tmp_path):

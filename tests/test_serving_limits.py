@@ -2,7 +2,7 @@
 the bearer token, overload (503 + Retry-After), the compute deadline and the output-pixel memory budget.
 
 ``pipelines/serve.py`` runs as a subprocess (as users run it) with SRGAN_API_TOKEN in its environment.
-The pure parts (the token comparison, the weighted semaphore, the estimate) are tested without Ray.
+Its web page asks for the token in a real browser (tests/browser.py). The pure parts (the token comparison, the weighted semaphore, the estimate) are tested without Ray.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from browser import natural_size, photo_file, screenshot, wait_for_result
 from conftest import _free_port
 from srgan.core.checkpoint import save_generator
 from test_serving import _assert_json_error, _encode, _generator, _wait_healthy, serve_cli
@@ -233,6 +234,33 @@ def test_a_stalled_upload_gets_408_and_frees_its_slot(guarded):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"error"' in answer and time.monotonic() - started < 30
+
+
+# Last of the guarded tests: the browser's event loop stays open until the module ends (conftest.py).
+def test_page_asks_for_the_token_when_the_api_answers_401_and_sends_it(guarded, offline, tmp_path):
+    url, page = guarded[0], offline.page
+    sent = []
+    page.on("request", lambda request: sent.append((request.url, request.headers.get("authorization"))))
+    page.goto(f"{url}/")  # the page itself is open
+    page.wait_for_selector("#auth:not([hidden])")  # v1/models answered 401: the page asks
+    assert page.is_hidden("#result") and page.locator("#model option").count() == 0
+    page.fill("#token", "wrong-token")
+    page.click("#token-save")
+    page.wait_for_selector("#auth:not([hidden])")  # refused again, and not kept
+    assert page.evaluate("sessionStorage.getItem('srgan-api-token')") is None
+    page.fill("#token", TOKEN)
+    page.click("#token-save")
+    page.wait_for_selector("#model option", state="attached")  # the models load with the token
+    assert page.evaluate("sessionStorage.getItem('srgan-api-token')") == TOKEN  # this tab only
+    assert page.evaluate("localStorage.length") == 0
+    page.set_input_files("#file", str(photo_file(tmp_path, size=(40, 30))))
+    wait_for_result(page)
+    assert natural_size(page, "#after") == (160, 120)
+    screenshot(page, "web_page_token.png")
+    upscales = [auth for url, auth in sent if url.endswith("/v1/upscale")]
+    assert upscales == [f"Bearer {TOKEN}"], upscales
+    assert not [url for url, auth in sent if "/static/" in url and auth], "the token goes to the API only"
+    assert offline.foreign == []
 
 
 @pytest.mark.soak  # a local cluster of its own per signal; the harness's serve-stop measures all four cases
