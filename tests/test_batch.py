@@ -1,8 +1,10 @@
 """pipelines/upscale.py end to end: a real moto S3 server on 127.0.0.1, the session's Ray cluster.
 
 The input prefix has nested folders, mixed formats (PNG, JPEG, upper-case .JPEG, WebP, BMP), one
-truncated JPEG and one image over 16 megapixels. Runs are subprocesses against RAY_ADDRESS with
-fractional CPUs per actor (the Ray Train tests share the cluster).
+truncated JPEG and one image over 16 megapixels. Runs are jobs on the session cluster with
+fractional CPUs per actor (the Ray Train tests share the cluster). The CLI's ``main`` runs in this
+process, connected to that cluster (the ``cli`` fixture); tests/test_remote_tracking.py starts it as a
+subprocess.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import boto3
 import numpy as np
@@ -78,9 +78,11 @@ def bucket(s3_server):
     return client, name
 
 
-def _upscale(repo_root, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(repo_root / "pipelines" / "upscale.py"), *args],
-                          capture_output=True, text=True, timeout=timeout)
+def _upscale(cli, *args):
+    """``pipelines/upscale.py ARGS``'s ``main`` in this process (the ``cli`` fixture), its job on the
+    session cluster: the same code path as the subprocess a user starts, without a second import of
+    torch, Ray and MLflow (tests/test_remote_tracking.py runs the CLI as a subprocess)."""
+    return cli("upscale", *args, on_cluster=True)
 
 
 def _objects(client, bucket: str, prefix: str) -> dict[str, tuple[str, object]]:
@@ -93,11 +95,11 @@ def _get(client, bucket: str, key: str) -> bytes:
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def test_bulk_s3_to_s3_outputs_errors_and_rerun(repo_root, ray_cluster, bucket, checkpoint):
+def test_bulk_s3_to_s3_outputs_errors_and_rerun(cli, ray_cluster, bucket, checkpoint):
     client, name = bucket
     args = ["--input", f"s3://{name}/photos", "--output", f"s3://{name}/photos-x4", "--model", str(checkpoint),
             "--num-cpus", "0.25", "--workers", "1"]
-    first = _upscale(repo_root, *args)
+    first = _upscale(cli, *args)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # something failed
     assert "done 6, skipped 0, failed 2" in first.stdout and "upscaled 8/8" in first.stdout, first.stdout
 
@@ -118,7 +120,7 @@ def test_bulk_s3_to_s3_outputs_errors_and_rerun(repo_root, ray_cluster, bucket, 
     assert all(r["reason"] and "\n" not in r["reason"] for r in report)
 
     # A rerun skips the six done inputs, fails the two bad ones again and writes nothing new.
-    second = _upscale(repo_root, *args)
+    second = _upscale(cli, *args)
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
     assert "done 0, skipped 6, failed 2" in second.stdout, second.stdout
     assert _objects(client, name, "photos-x4") == outputs
@@ -129,7 +131,7 @@ def _shard_keys(folder) -> dict[str, list[str]]:
     return {p.name: pq.read_table(p, columns=["path"]).column("path").to_pylist() for p in sorted(folder.glob("*.parquet"))}
 
 
-def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(repo_root, ray_cluster, tmp_path, checkpoint):
+def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(cli, ray_cluster, tmp_path, checkpoint):
     src = tmp_path / "src"
     for key, spec in GOOD.items():
         (src / key).parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +150,7 @@ def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(repo_root, 
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"partial")
     # The actor runs the generator with onnxruntime (exported on the fly): the bulk job's other runtime.
-    proc = _upscale(repo_root, "--input", str(tmp_path / "shards"), "--output", str(out), "--model", str(checkpoint),
+    proc = _upscale(cli, "--input", str(tmp_path / "shards"), "--output", str(out), "--model", str(checkpoint),
                     "--format", "webp", "--num-cpus", "0.25", "--runtime", "onnxruntime")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"model {checkpoint} (onnxruntime)" in proc.stdout, proc.stdout

@@ -1,11 +1,10 @@
-"""pipelines/prepare.py as a user runs it (a real subprocess): packing local and S3 prefixes into Parquet
-shards, training ingest from the shards matching ingest from the raw prefix, and one-line errors."""
+"""pipelines/prepare.py as a user runs it (its ``main`` through ``run_cli``, in this process): packing
+local and S3 prefixes into Parquet shards, training ingest from the shards matching ingest from the raw
+prefix, and one-line errors. (tests/test_cli.py keeps a real subprocess for the exit-code contract.)"""
 
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_o
 from srgan.io.datasets import PackSummary, is_parquet_source, pack_images
 
 
-def run_prepare(repo_root: Path, *args: str) -> subprocess.CompletedProcess:
-    # The environment is inherited: AWS_* from the s3_server fixture, as a user's shell would have them.
-    return subprocess.run(
-        [sys.executable, str(repo_root / "pipelines" / "prepare.py"), *args], capture_output=True, text=True, timeout=120
-    )
+def run_prepare(cli, *args: str):
+    """``pipelines/prepare.py ARGS``'s ``main`` in this process (the ``cli`` fixture, whose tripwire also
+    proves that packing never starts Ray). The environment is this process's: AWS_* from the s3_server
+    fixture, as a user's shell would have them."""
+    return cli("prepare", *args)
 
 
 def dataset_files(photos_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str]]:
@@ -61,18 +60,18 @@ def read_shards(paths: list[Path]) -> dict[str, bytes]:
     return rows
 
 
-def test_help_documents_every_flag(repo_root):
-    proc = run_prepare(repo_root, "--help")
+def test_help_documents_every_flag(cli):
+    proc = run_prepare(cli, "--help")
     assert proc.returncode == 0, proc.stderr
     for flag in ("--input", "--output", "--images-per-shard", "--s3-endpoint", "--seed", "--threads", "--format"):
         assert flag in proc.stdout
 
 
-def test_pack_a_local_tree(repo_root, tmp_path, photos_dir):
+def test_pack_a_local_tree(cli, tmp_path, photos_dir):
     good, bad, _ = dataset_files(photos_dir)
     files = good | bad
     write_tree(tmp_path / "src", files | {"n01/labels.txt": b"n01 cat"})  # not an image: not packed
-    proc = run_prepare(repo_root, "--input", str(tmp_path / "src"), "--output", str(tmp_path / "out"), "--images-per-shard", "4")
+    proc = run_prepare(cli, "--input", str(tmp_path / "src"), "--output", str(tmp_path / "out"), "--images-per-shard", "4")
     assert proc.returncode == 0, proc.stderr
     shards = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in shards] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
@@ -84,7 +83,7 @@ def test_pack_a_local_tree(repo_root, tmp_path, photos_dir):
     assert lines[-1] == f"packed 9 images ({total} bytes) into 3 shards under {tmp_path / 'out'}"
 
 
-def test_shards_train_like_the_raw_prefix(s3_server, s3_bucket, ray_cluster, repo_root, photos_dir):
+def test_shards_train_like_the_raw_prefix(s3_server, s3_bucket, ray_cluster, cli, photos_dir):
     # s3_server before ray_cluster: a cluster started here inherits the AWS variables (Ray workers read S3
     # with their own environment's credentials).
     good, bad, kinds = dataset_files(photos_dir)
@@ -93,7 +92,7 @@ def test_shards_train_like_the_raw_prefix(s3_server, s3_bucket, ray_cluster, rep
         s3.put_object(Bucket=s3_bucket, Key=f"raw/{key}", Body=data)
     raw, packed = f"s3://{s3_bucket}/raw", f"s3://{s3_bucket}/packed/train"
 
-    proc = run_prepare(repo_root, "--input", raw, "--output", packed, "--images-per-shard", "4")
+    proc = run_prepare(cli, "--input", raw, "--output", packed, "--images-per-shard", "4")
     assert proc.returncode == 0, proc.stderr
     listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix="packed/train/")["Contents"]
     assert sorted(o["Key"] for o in listed) == [f"packed/train/part-0000{i}.parquet" for i in range(3)]
