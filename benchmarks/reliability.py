@@ -112,6 +112,9 @@ def main() -> int:
     try:
         with moto_s3(), ray_head(Path("/tmp") / f"ray-rel-{os.getpid()}") as head:
             run = Run(quick=args.quick, workdir=workdir, ray_address=head["address"])
+            for name in only:  # background work some scenarios begin now (see Scenario.start)
+                if scenarios[name].start is not None:
+                    scenarios[name].start(run)
             for name in only:
                 print(f"[reliability] {name} ...", flush=True)
                 t0 = time.monotonic()

@@ -66,6 +66,11 @@ class Scenario:
     run: Callable[[Run], Outcome]
     quick: bool  # part of --quick (CI)
     what: str  # one line for --list
+    # Called for every selected scenario as the harness run begins, before any scenario runs: work it
+    # may begin in the background (--quick: the shared training run overlaps the other scenarios, which
+    # keeps the CI subset within its budget; full runs stay one scenario at a time, their times being
+    # the figures).
+    start: Callable[[Run], None] | None = None
 
 
 def project_command(*args: str) -> list[str]:
