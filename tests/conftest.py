@@ -429,13 +429,10 @@ def tracking_server(postgres_db, s3_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def srresnet_champion(ray_cluster, ray_dashboard, s3_training_data, tracking_server, tmp_path_factory) -> Champion:
-    """One real training run for the whole session, submitted as users do (``ray job submit
-    --working-dir . -- python pipelines/train.py ...``) to the session cluster: two DDP workers, 6
-    steps from S3 with three bad objects, checkpoints on S3, tracked on the MLflow server (PostgreSQL
-    and S3 artifacts). Its best generator is ``models:/srgan-generator@champion``. The job-submission,
-    production-tracking, training and SRGAN-phase tests check it, resume it and start from it (a
-    resume with ``--name e2e`` and the same storage registers version 2)."""
+def champion_job(ray_cluster, ray_dashboard, s3_training_data, tracking_server, tmp_path_factory) -> dict:
+    """The champion's ``ray job submit``, started and not waited for (:func:`srresnet_champion` waits).
+    :func:`champion_in_the_background` starts it as the session begins, so that the job's minute or
+    two of mostly waiting on Ray's start-up overlaps the single-threaded tests before its first user."""
     train_uri, val_uri = s3_training_data
     work = tmp_path_factory.mktemp("champion")
     server = tracking_server["url"]
@@ -447,8 +444,38 @@ def srresnet_champion(ray_cluster, ray_dashboard, s3_training_data, tracking_ser
         "--set", "train.log_every=2", "--set", "train.val_every=3", "--set", "train.checkpoint_every=3",
     ]
     ray = str(Path(sys.executable).with_name("ray"))
-    proc = subprocess.run([ray, "job", "submit", "--address", ray_dashboard, "--working-dir", ".", "--",
-                           "python", "pipelines/train.py", *args, "--steps", "6"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    out, err = open(work / "submit.out", "w+"), open(work / "submit.err", "w+")  # files: a full pipe would block the job
+    proc = subprocess.Popen([ray, "job", "submit", "--address", ray_dashboard, "--working-dir", ".", "--",
+                             "python", "pipelines/train.py", *args, "--steps", "6"],
+                            cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
+    yield {"proc": proc, "out": out, "err": err, "work": work, "args": args, "server": tracking_server, "storage": storage}
+    if proc.poll() is None:
+        proc.kill()
+    out.close()
+    err.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def champion_in_the_background(request):
+    """Start the champion's job as the session begins when a selected test needs it (nothing otherwise:
+    ``pytest -m "not slow"`` and single modules start no Ray)."""
+    if any("srresnet_champion" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("champion_job")
+    yield
+
+
+@pytest.fixture(scope="session")
+def srresnet_champion(champion_job) -> Champion:
+    """One real training run for the whole session, submitted as users do (``ray job submit
+    --working-dir . -- python pipelines/train.py ...``) to the session cluster: two DDP workers, 6
+    steps from S3 with three bad objects, checkpoints on S3, tracked on the MLflow server (PostgreSQL
+    and S3 artifacts). Its best generator is ``models:/srgan-generator@champion``. The job-submission,
+    production-tracking, training and SRGAN-phase tests check it, resume it and start from it (a
+    resume with ``--name e2e`` and the same storage registers version 2)."""
+    job = champion_job
+    returncode = job["proc"].wait(timeout=600)
+    job["out"].seek(0)
+    job["err"].seek(0)
+    proc = subprocess.CompletedProcess(job["proc"].args, returncode, job["out"].read(), job["err"].read())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return Champion(work, server, args, proc, tracking_server, storage)
+    return Champion(job["work"], job["server"]["url"], job["args"], proc, job["server"], job["storage"])

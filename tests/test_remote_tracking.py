@@ -140,12 +140,9 @@ def test_clients_without_s3_load_the_champion_through_the_server(srresnet_champi
     bucket = srresnet_champion.storage.removeprefix("s3://").split("/", 1)[0]
     client = boto3.client("s3", endpoint_url=s3_server)
     client.put_object(Bucket=bucket, Key="incoming/a/photo.png", Body=_png(load_photo("coffee.png")[100:148, 200:264]))
-    bulk = subprocess.run(
-        [sys.executable, str(repo_root / "pipelines" / "upscale.py"), "--input", f"s3://{bucket}/incoming",
-         "--output", f"s3://{bucket}/upscaled", "--model", f"models:/{MODEL_NAME}/1", "--tracking-uri", server,
-         "--workers", "1", "--num-cpus", "0.25"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
+    bulk = cli("upscale", "--input", f"s3://{bucket}/incoming", "--output", f"s3://{bucket}/upscaled",
+               "--model", f"models:/{MODEL_NAME}/1", "--tracking-uri", server, "--workers", "1", "--num-cpus", "0.25",
+               cwd=tmp_path, on_cluster=True)
     assert bulk.returncode == 0, bulk.stdout[-3000:] + bulk.stderr[-3000:]
     assert "done 1, skipped 0, failed 0" in bulk.stdout, bulk.stdout[-2000:]
     out = Image.open(io.BytesIO(client.get_object(Bucket=bucket, Key="upscaled/a/photo.png")["Body"].read()))
