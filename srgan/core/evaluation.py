@@ -22,7 +22,7 @@ from torch import Tensor
 
 from srgan.errors import UserError
 from srgan.core.degrade import bicubic_upscale, degrade
-from srgan.core.images import read_image_file
+from srgan.core.images import IMAGE_EXTENSIONS, read_image_file
 from srgan.core.metrics import psnr, ssim
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "UpscaleFn",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # An evaluation model: uint8 lq (3, h, w) -> uint8 sr (3, h*scale, w*scale).
 UpscaleFn = Callable[[Tensor], Tensor]

@@ -12,16 +12,20 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 
 from srgan.core.png import PNG_SIGNATURE, check_png_stream, png16_bytes, png16_to_planes
 from srgan.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
 
+if TYPE_CHECKING:  # torch is imported where it runs: Ray Data's decode and counting processes never need it
+    import torch
+    from torch import Tensor
+
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ImageLimits",
     "DecodedImage",
     "ImageError",
@@ -56,6 +60,10 @@ CONVERSION_KINDS = ("16bit", "cmyk", "alpha", "exif_rotated")
 # colour stored under a transparent pixel is arbitrary (a palette entry, zeros, an editor's
 # leftovers): dropping alpha would train on whatever it is; compositing makes it one defined value.
 TRAINING_BACKGROUND = (255, 255, 255)
+
+
+# The image files the project reads from folders and prefixes (evaluation sets, training data, bulk inputs).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class DecodedImage:
 
 def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
     """Apply an EXIF orientation (1..8) to a (C, H, W) tensor, as PIL's ``exif_transpose`` does."""
+    import torch
     if orientation == 2:
         return x.flip(-1)
     if orientation == 3:
@@ -180,6 +189,7 @@ def _load_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, s
 def _pixels(img: Image.Image, data: bytes, png16: bool) -> tuple[np.ndarray | Tensor, str, int]:
     """-> (pixels, mode, bit depth): the decoder's own (H, W, C) uint8 array for 8-bit sources, else
     (C, H, W) float32 in [0, 1]."""
+    import torch
     if png16:
         planes, mode = png16_to_planes(data)
         return planes, mode, 16
@@ -237,6 +247,7 @@ def _colour(arr: np.ndarray, mode: str, background: tuple[int, int, int] | None)
 def _rgb_view(pixels: np.ndarray | Tensor, mode: str, orientation: int, background: tuple[int, int, int] | None = None) -> np.ndarray:
     """Decoder pixels -> an oriented (H, W, 3) uint8 RGB view: alpha dropped (or composited on
     ``background``), grey replicated, 16-bit sources rounded to 8 bits (the same rounding as an 8-bit save)."""
+    import torch
     if not isinstance(pixels, np.ndarray):
         # In place: the planes are this decode's own, and a second float copy of 16 MP RGBA is 256 MB.
         pixels = pixels.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -271,6 +282,7 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
         UnsupportedImageError: not an image, or a format outside :data:`SUPPORTED_FORMATS`.
         ImageDecodeError: empty, corrupt or truncated data.
     """
+    import torch
     pixels, mode, bit_depth, fmt, orientation = _decode_pixels(data, limits)
     if isinstance(pixels, np.ndarray):
         pixels = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
@@ -381,11 +393,13 @@ def _jpeg_complete(data: bytes) -> bool:
 
 def _windows(image: Tensor, tops: np.ndarray, lefts: np.ndarray, crop_size: int) -> Tensor:
     """(3, H, W) -> (count, 3, c, c): the windows at (tops[i], lefts[i]), on the image's device."""
+    import torch
     return torch.stack([image[:, t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
 
 
 def _cpu_windows(data: bytes, limits: ImageLimits, tops: np.ndarray, lefts: np.ndarray, crop_size: int, device: torch.device) -> Tensor:
     """The CPU decoder's windows at positions already drawn (a JPEG the device decoder refused)."""
+    import torch
     rgb = decode_rgb_uint8(data, limits=limits)  # (H, W, 3), oriented; raises ImageError for bad data
     return _windows(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), tops, lefts, crop_size).to(device)
 
@@ -405,6 +419,7 @@ def decode_random_crops_on(blobs: list[bytes], *, crop_size: int, count: int, rn
     to the CPU path (PIL and torchvision both use libjpeg-turbo's default islow IDCT). ``background``
     and ``conversions`` (one list per blob, filled as :func:`decode_random_crops` fills its own) as there.
     """
+    import torch
     with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to TorchCodec on import
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -491,6 +506,7 @@ class CropBatcher:
         self._pending, self._count = [], 0
 
     def _take(self) -> Tensor:
+        import torch
         pool = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]  # (count, 3, c, c)
         if self.shuffle_pool:
             pool = pool[torch.randperm(len(pool), generator=self.generator, device=pool.device)]
@@ -516,6 +532,7 @@ def _luma(rgb: Tensor) -> Tensor:
 
 def _output_planes(img: DecodedImage, *, keep_alpha: bool) -> tuple[Tensor, str]:
     """(C, H, W) float planes in [0, 1] in the image's own mode (alpha dropped if not kept)."""
+    import torch
     grey = img.mode in ("L", "LA")
     colour = _luma(img.rgb) if grey else img.rgb
     if keep_alpha and img.alpha is not None:

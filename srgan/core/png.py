@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from srgan.errors import ImageDecodeError
+
+if TYPE_CHECKING:  # torch is imported where it runs: Ray Data's decode and counting processes never need it
+    import torch
+    from torch import Tensor
 
 __all__ = ["PNG_SIGNATURE", "check_png_stream", "png16_to_planes", "png16_bytes"]
 
@@ -96,6 +99,7 @@ def check_png_stream(data: bytes, *, inflate_8bit: bool = True) -> int:
 
 def png16_to_planes(data: bytes) -> tuple[Tensor, str]:
     """16-bit PNG -> ((C, H, W) float32 in [0, 1], mode). PIL would truncate 16-bit RGB to 8 bits."""
+    import torch
     import warnings
 
     from torchvision.io import ImageReadMode, decode_png

@@ -27,18 +27,16 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
-from torch import Tensor
 
 from srgan.errors import UserError
-from srgan.core.evaluation import IMAGE_EXTENSIONS
 from srgan.core.images import (
+    IMAGE_EXTENSIONS,
     CONVERSION_KINDS,
     TRAINING_BACKGROUND,
     ImageDecodeError,
@@ -51,6 +49,10 @@ from srgan.core.images import (
     random_windows,
 )
 from srgan.io.storage import resolve
+
+if TYPE_CHECKING:  # torch is imported where it runs: Ray Data's decode and counting processes never need it
+    import torch
+    from torch import Tensor
 
 __all__ = [
     "SKIP_KINDS",
@@ -241,6 +243,7 @@ def random_crops(rgb: np.ndarray | Tensor, crop_size: int, count: int, rng: np.r
     rounding to nearest: an 8-bit source's values come back exactly). Crop positions depend on the
     image size and ``rng`` only.
     """
+    import torch
     if isinstance(rgb, np.ndarray):
         return random_windows(rgb, crop_size, count, rng)
     height, width = rgb.shape[-2:]
@@ -297,6 +300,8 @@ def decode_and_crop_on(
     """:func:`decode_and_crop` with the JPEGs decoded on ``device`` (``data.decode_device: cuda``; the
     same code runs on the CPU in tests): -> (uint8 (K, 3, c, c) on ``device``, skips). The same crop
     positions for the same ``rng``, the same skip kinds and conversions (see :func:`decode_random_crops_on`)."""
+    import torch
+    from torch import Tensor
     blobs = [bytes(data) for data in batch["bytes"]]
     notes: list[list[str]] = []
     results = decode_random_crops_on(blobs, crop_size=crop_size, count=crops_per_image, rng=rng, device=device, limits=limits,
