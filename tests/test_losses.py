@@ -192,3 +192,20 @@ def test_loss_config_validation():
         LossConfig(content_layer="relu3_3")
     with pytest.raises(ValueError, match="adversarial_weight"):
         LossConfig(adversarial_weight=-1)
+
+
+def test_vgg19_url_is_torchvisions_and_the_training_path_never_imports_torchvision(repo_root):
+    # The URL is written out in srgan.core.losses so that building the engine (the driver, Ray Train's
+    # controller, every worker) never imports torchvision.models (about 2 s of CPU each).
+    import subprocess
+    import sys
+
+    from torchvision.models import VGG19_Weights
+
+    from srgan.core.losses import VGG19_IMAGENET_URL, vgg19_cache_path
+
+    assert VGG19_IMAGENET_URL == VGG19_Weights.IMAGENET1K_V1.url
+    assert vgg19_cache_path().name == "vgg19-dcbb9e9d.pth"
+    code = "import sys, srgan.distributed.trainer, srgan.io.weights; print('torchvision' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr[-2000:]

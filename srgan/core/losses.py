@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import VGG19_Weights
 
 from srgan.core.ranges import signed_to_unit
 from srgan.errors import VGGWeightsNotFoundError
 
 __all__ = [
     "LossConfig",
+    "VGG19_IMAGENET_URL",
     "IMAGENET",
     "VGG_LAYERS",
     "VGGWeightsNotFoundError",
@@ -81,9 +81,15 @@ class LossConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
+# torchvision's ``VGG19_Weights.IMAGENET1K_V1.url`` (tests/test_losses.py holds them equal), written out
+# so that the training path never imports torchvision.models: that import alone costs about 2 s of CPU
+# in every process that builds the engine (the driver, Ray Train's controller and each worker).
+VGG19_IMAGENET_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+
+
 def vgg19_cache_path() -> Path:
     """Where torchvision caches its VGG19 ImageNet weights: ``$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth``."""
-    filename = os.path.basename(VGG19_Weights.IMAGENET1K_V1.url)
+    filename = os.path.basename(VGG19_IMAGENET_URL)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
@@ -106,7 +112,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 def _cache_missing_message(path: Path) -> str:
     return (
         f"VGG19 ImageNet weights not found in torchvision's cache ({path}). Either copy "
-        f"'{path.name}' (from {VGG19_Weights.IMAGENET1K_V1.url}) into {path.parent} (set TORCH_HOME "
+        f"'{path.name}' (from {VGG19_IMAGENET_URL}) into {path.parent} (set TORCH_HOME "
         "to use another cache root), or pass an explicit file path or URI (--vgg-weights PATH|URI)."
     )
 

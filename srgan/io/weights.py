@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torchvision.models import VGG19_Weights
 
+from srgan.core.losses import VGG19_IMAGENET_URL
 from srgan.core.losses import check_vgg19_weights as check_local_vgg19_weights
 from srgan.core.losses import is_imagenet
 from srgan.errors import VGGWeightsNotFoundError, WeightsNotFoundError
@@ -37,7 +37,7 @@ __all__ = ["torch_cache_file", "ensure_cached", "ensure_vgg19_cached", "check_vg
 
 log = logging.getLogger(__name__)
 
-_VGG19_URL = VGG19_Weights.IMAGENET1K_V1.url
+_VGG19_URL = VGG19_IMAGENET_URL
 _VGG19_FIX = "pass an explicit file path or URI (--vgg-weights PATH|URI)"
 
 
