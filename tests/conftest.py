@@ -307,6 +307,23 @@ def offline(browser):
     page.context.close()
 
 
+@pytest.fixture(scope="session")
+def mlflow_sqlite_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, made once: MLflow's schema migrations take seconds per new file."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates every table (tracking and registry)
+    return path
+
+
+@pytest.fixture()
+def mlflow_db(tmp_path, mlflow_sqlite_template) -> str:
+    """A fresh, empty MLflow store for one test (a copy of the template): ``sqlite:///<tmp_path>/mlflow.db``."""
+    shutil.copy(mlflow_sqlite_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def closed_port() -> int:
     with socket.socket() as s:  # bound, then closed: nothing listens there
         s.bind(("127.0.0.1", 0))

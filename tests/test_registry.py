@@ -14,8 +14,8 @@ from srgan.tracking.registry import register_generator
 from srgan.tracking.runs import MetricLogger, open_run, resolve_tracking_uri
 
 
-def test_champion_moves_only_when_better(tmp_path):
-    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_champion_moves_only_when_better(tmp_path, mlflow_db):
+    uri = resolve_tracking_uri(mlflow_db)
     run_id, resumed = open_run(uri, experiment="exp", run_key="k1", run_name="r1")
     assert not resumed
     nets = {}
@@ -37,8 +37,8 @@ def test_champion_moves_only_when_better(tmp_path):
     assert files == ["generator/step_10/checkpoint.json", "generator/step_10/generator.safetensors"]
 
 
-def test_lower_is_better_metric_and_pinning_an_alias(tmp_path):
-    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_lower_is_better_metric_and_pinning_an_alias(tmp_path, mlflow_db):
+    uri = resolve_tracking_uri(mlflow_db)
     run_id, _ = open_run(uri, experiment="exp", run_key="gan", run_name="gan")
     for step, distance in ((10, 0.50), (20, 0.70), (30, 0.40)):
         ckpt = save_generator(tmp_path / f"ck{step}", SRResNet(num_blocks=1, num_features=4))
@@ -56,8 +56,8 @@ def test_lower_is_better_metric_and_pinning_an_alias(tmp_path):
             resolve_model(bad, tracking_uri=uri)
 
 
-def test_same_run_key_resumes_and_steps_are_not_repeated(tmp_path):
-    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_same_run_key_resumes_and_steps_are_not_repeated(tmp_path, mlflow_db):
+    uri = resolve_tracking_uri(mlflow_db)
     run_id, _ = open_run(uri, experiment="exp", run_key="same", run_name="r")
     MetricLogger(uri, run_id).log({"loss": 1.0}, step=5)
     again, resumed = open_run(uri, experiment="exp", run_key="same", run_name="r")
@@ -77,10 +77,10 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
-def test_unknown_registered_model_is_a_user_error(tmp_path):
+def test_unknown_registered_model_is_a_user_error(tmp_path, mlflow_db):
     from srgan.errors import UserError
 
-    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = resolve_tracking_uri(mlflow_db)
     open_run(uri, experiment="exp", run_key="k", run_name="r")  # creates the store
     with pytest.raises(UserError, match="models:/nope@champion is not registered in"):
         load_generator_ref("models:/nope@champion", tracking_uri=uri)

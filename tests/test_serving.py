@@ -526,12 +526,12 @@ def test_page_and_docs_work_with_the_network_limited_to_127_0_0_1(server, offlin
     assert failed and offline.foreign == ["http://example.com/x"]
 
 
-def test_model_from_registry_alias_and_update_without_downtime(server, cli, tmp_path):
+def test_model_from_registry_alias_and_update_without_downtime(server, cli, tmp_path, mlflow_db):
     from ray import serve
 
     from srgan.distributed.serving import build_app
 
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = mlflow_db
     ckpt_v1 = save_generator(tmp_path / "v1", _generator(seed=1))
     ckpt_v2 = save_generator(tmp_path / "v2", _generator(seed=2))
     assert _register(db, ckpt_v1, step=1, psnr=20.0) == "1"

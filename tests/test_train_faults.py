@@ -22,10 +22,10 @@ from srgan.tracking.registry import register_generator
 from srgan.tracking.runs import open_run, resolve_tracking_uri
 
 
-def test_registering_the_same_run_and_step_again_returns_the_same_version(tmp_path):
+def test_registering_the_same_run_and_step_again_returns_the_same_version(tmp_path, mlflow_db):
     """A driver killed after registering (or a registration retried after a timeout that had in fact
     reached the server) must not make a second version of the same checkpoint."""
-    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = resolve_tracking_uri(mlflow_db)
     run_id, _ = open_run(uri, experiment="exp", run_key="k", run_name="r")
     ckpt = save_generator(tmp_path / "ck", SRResNet(num_blocks=1, num_features=4))
     first = register_generator(uri, run_id=run_id, checkpoint_dir=ckpt, step=8, name="gen", metric_name="val_psnr_y", metric_value=30.0)
