@@ -211,7 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if out_of_time and rank == 0:
         print(f"[srgan] stopped at step {step}: train.time_limit_min={config.train.time_limit_min} reached (re-run to continue)", flush=True)
     if logger is not None:
-        logger.close(timeout_s=LOGGER_CLOSE_S)
+        logger.close(timeout_s=loop_config["tracking_wait_s"])
 
 
 def _format_losses(losses: dict[str, float]) -> str:
@@ -284,8 +284,10 @@ def _iter_crops(shard, config: Config, per_worker: int, device: torch.device, lo
 
 
 # How long rank 0 waits at the end of training for buffered metrics to reach a tracking server that is
-# down; what is still unsent then is counted in one warning line (the checkpoints are in Ray storage).
-LOGGER_CLOSE_S = 30.0
+# down or overloaded: the driver's own bound (SRGAN_TRACKING_WAIT_S, 120 s), passed in the loop config
+# since workers may not share the driver's environment. What is still unsent then is counted in one
+# warning line (the checkpoints are in Ray storage). 30 s lost 13 values of a run whose server, slow
+# on a saturated machine, answered the driver's registration a minute later.
 
 
 def _rank0_logger(loop_config: dict[str, Any]):
@@ -438,7 +440,7 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
     from ray.train.torch import TorchTrainer  # RAY
 
     from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker
-    from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri, with_tracking_retries
+    from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri, wait_limit_s, with_tracking_retries
 
     t0 = time.perf_counter()
     tracking_uri = resolve_tracking_uri(config.run.tracking_uri)
@@ -469,6 +471,7 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
             "config": config.to_dict(),
             "run_id": run_id,
             "tracking_uri": tracking_uri,
+            "tracking_wait_s": wait_limit_s(),
             "skip_counter": skip_counter,
             "init_from": init_from,
             "torch_threads": _torch_threads(config, cpus_per_worker),
