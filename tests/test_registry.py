@@ -84,3 +84,44 @@ def test_unknown_registered_model_is_a_user_error(tmp_path, mlflow_db):
     open_run(uri, experiment="exp", run_key="k", run_name="r")  # creates the store
     with pytest.raises(UserError, match="models:/nope@champion is not registered in"):
         load_generator_ref("models:/nope@champion", tracking_uri=uri)
+
+
+def test_settle_waits_for_a_lagging_store_and_not_for_a_down_one(mlflow_db, monkeypatch):
+    """At a checkpoint rank 0 waits for a slow store to take the queued steps (a worker lost after the
+    checkpoint takes unsent metrics with it, and the restarted group never logs those steps again),
+    but returns at once while the store is down. The store is real (SQLite); its answers are delayed."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from srgan.tracking.runs import BufferedLogger
+
+    uri = resolve_tracking_uri(mlflow_db)
+    run_id, _ = open_run(uri, experiment="exp", run_key="k", run_name="r")
+    logger = BufferedLogger(uri, run_id, retry_every_s=0.2)
+    client = logger._client().client
+    real_log_batch = client.log_batch
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return real_log_batch(*args, **kwargs)
+
+    monkeypatch.setattr(client, "log_batch", slow)
+    for step in (1, 2, 3, 4):
+        logger.log({"loss": float(step)}, step)
+    assert logger.settle(timeout_s=30)
+    assert [m.step for m in MlflowClient(uri).get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+
+    def down(*args, **kwargs):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(client, "log_batch", down)
+    logger.log({"loss": 5.0}, 5)
+    deadline = time.monotonic() + 10
+    while logger.outages == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    assert not logger.settle(timeout_s=30) and time.monotonic() - t0 < 1.0
+    monkeypatch.setattr(client, "log_batch", real_log_batch)
+    logger.close(timeout_s=30)
+    assert [m.step for m in MlflowClient(uri).get_metric_history(run_id, "loss")] == [1, 2, 3, 4, 5]

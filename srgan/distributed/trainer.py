@@ -207,6 +207,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 last_val = _validate_and_log(logger, net_eval, val_dir, val_degrade, config, step, content_loss)
             meter.reset()
         if do_checkpoint:
+            if logger is not None:
+                logger.settle(timeout_s=CHECKPOINT_SETTLE_S)  # the steps before a checkpoint reach MLflow first
             _report_checkpoint(step, Nets(model_g, nets.opt_g, nets.ema, model_d, nets.opt_d), config, loop_config["run_id"], rank, last_val)
     if out_of_time and rank == 0:
         print(f"[srgan] stopped at step {step}: train.time_limit_min={config.train.time_limit_min} reached (re-run to continue)", flush=True)
@@ -288,6 +290,11 @@ def _iter_crops(shard, config: Config, per_worker: int, device: torch.device, lo
 # since workers may not share the driver's environment. What is still unsent then is counted in one
 # warning line (the checkpoints are in Ray storage). 30 s lost 13 values of a run whose server, slow
 # on a saturated machine, answered the driver's registration a minute later.
+
+
+# How long rank 0 waits at a checkpoint for a lagging (not a down) tracking server to take the metrics
+# of the steps before it: a worker group restarted from that checkpoint never logs them again.
+CHECKPOINT_SETTLE_S = 30.0
 
 
 def _rank0_logger(loop_config: dict[str, Any]):

@@ -317,6 +317,20 @@ class BufferedLogger:
                 return True
         return self._inbox.empty() and not self._has_pending()
 
+    def settle(self, timeout_s: float) -> bool:
+        """At a checkpoint: wait up to ``timeout_s`` for what is queued to reach the server, unless it
+        is down (then return at once: training never waits on an outage). A worker group lost after
+        the checkpoint restarts from it and never runs those steps again, so metrics still queued in
+        a lagging sender would be lost with the process (found by the reliability harness: a worker
+        killed after checkpoint 4 took steps 1-4 with it while a loaded server answered slowly)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._down_since is not None:
+                return False
+            if self._idle.wait(timeout=0.1) and not self._has_pending():
+                return True
+        return False
+
     def close(self, timeout_s: float) -> None:
         """Send what is left, waiting at most ``timeout_s``; one line says what could not be sent."""
         self.flush(timeout_s)
