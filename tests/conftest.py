@@ -138,10 +138,12 @@ def s3_bucket(s3_server):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Everything that needs the session's Ray cluster is `slow` (`pytest -m "not slow"` is the everyday
-    # loop); tests that start Ray or servers of their own carry the mark explicitly.
+    # Everything that needs the session's Ray cluster, and every reliability and soak test, is `slow`
+    # (`pytest -m "not slow"` is the everyday loop); tests that start Ray or servers of their own carry
+    # the mark explicitly.
     for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()):
+        long_by_mark = any(item.get_closest_marker(name) for name in ("reliability", "soak"))
+        if long_by_mark or "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return

@@ -118,6 +118,7 @@ def _fail_first(proxy, n: int) -> None:
     proxy._draw = first_n
 
 
+@pytest.mark.slow  # about 8 s of the retry strategy's own backoff
 def test_checkpoints_go_through_the_retrying_filesystem(s3_server, s3_bucket, tmp_path):
     """Regression: Ray Train's checkpoints on s3:// went through Ray's own filesystem for the URI
     (pyarrow's default 3 attempts a request): a flaky store could fail a checkpoint upload. The
