@@ -259,15 +259,20 @@ def start_quick_run(run: Run) -> None:
     """``Scenario.start`` of both quick training scenarios: their one shared run begins at once, on a
     thread, beside the serve and data scenarios (about 140 s of mostly waiting on Ray's start-up; run
     one after the other the quick subset would miss its 3-minute budget). Full runs: nothing."""
-    if run.quick and "quick" not in _SHARED:
+    if run.quick:
+        _begin_shared_run(run)
+
+
+def _begin_shared_run(run: Run) -> Future:
+    """The shared kill + outage run, on a thread of its own; begun once per harness run."""
+    if "quick" not in _SHARED:
         _SHARED["quick"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-quick").submit(_run_worker_kill_and_outage, run)
+    return _SHARED["quick"]
 
 
 def _worker_kill_and_outage(run: Run) -> dict:
-    """The shared quick run's result: begun by :func:`start_quick_run`, else started now."""
-    if "quick" not in _SHARED:
-        _SHARED["quick"] = ThreadPoolExecutor(max_workers=1).submit(_run_worker_kill_and_outage, run)
-    return _SHARED["quick"].result()
+    """The shared run's result: begun by :func:`start_quick_run`, else started now."""
+    return _begin_shared_run(run).result()
 
 
 def _run_worker_kill_and_outage(run: Run) -> dict:
