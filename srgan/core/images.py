@@ -102,6 +102,7 @@ class DecodedImage:
 def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
     """Apply an EXIF orientation (1..8) to a (C, H, W) tensor, as PIL's ``exif_transpose`` does."""
     import torch
+
     if orientation == 2:
         return x.flip(-1)
     if orientation == 3:
@@ -189,12 +190,13 @@ def _load_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, s
 def _pixels(img: Image.Image, data: bytes, png16: bool) -> tuple[np.ndarray | Tensor, str, int]:
     """-> (pixels, mode, bit depth): the decoder's own (H, W, C) uint8 array for 8-bit sources, else
     (C, H, W) float32 in [0, 1]."""
-    import torch
     if png16:
         planes, mode = png16_to_planes(data)
         return planes, mode, 16
     arr, mode = _pil_to_uint8(img)
     if arr is None:  # 16-bit greyscale outside PNG
+        import torch  # here only: 8-bit decodes (Ray Data's decode tasks) never load it
+
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0)[None], mode, 16
     return arr, mode, 8
 
@@ -247,8 +249,9 @@ def _colour(arr: np.ndarray, mode: str, background: tuple[int, int, int] | None)
 def _rgb_view(pixels: np.ndarray | Tensor, mode: str, orientation: int, background: tuple[int, int, int] | None = None) -> np.ndarray:
     """Decoder pixels -> an oriented (H, W, 3) uint8 RGB view: alpha dropped (or composited on
     ``background``), grey replicated, 16-bit sources rounded to 8 bits (the same rounding as an 8-bit save)."""
-    import torch
-    if not isinstance(pixels, np.ndarray):
+    if not isinstance(pixels, np.ndarray):  # 16-bit planes: torch is already loaded for them
+        import torch
+
         # In place: the planes are this decode's own, and a second float copy of 16 MP RGBA is 256 MB.
         pixels = pixels.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     colour = _colour(_orient_hwc(pixels, orientation), mode, background)
@@ -283,6 +286,7 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Decoded
         ImageDecodeError: empty, corrupt or truncated data.
     """
     import torch
+
     pixels, mode, bit_depth, fmt, orientation = _decode_pixels(data, limits)
     if isinstance(pixels, np.ndarray):
         pixels = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
@@ -394,12 +398,14 @@ def _jpeg_complete(data: bytes) -> bool:
 def _windows(image: Tensor, tops: np.ndarray, lefts: np.ndarray, crop_size: int) -> Tensor:
     """(3, H, W) -> (count, 3, c, c): the windows at (tops[i], lefts[i]), on the image's device."""
     import torch
+
     return torch.stack([image[:, t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
 
 
 def _cpu_windows(data: bytes, limits: ImageLimits, tops: np.ndarray, lefts: np.ndarray, crop_size: int, device: torch.device) -> Tensor:
     """The CPU decoder's windows at positions already drawn (a JPEG the device decoder refused)."""
     import torch
+
     rgb = decode_rgb_uint8(data, limits=limits)  # (H, W, 3), oriented; raises ImageError for bad data
     return _windows(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1), tops, lefts, crop_size).to(device)
 
@@ -420,6 +426,7 @@ def decode_random_crops_on(blobs: list[bytes], *, crop_size: int, count: int, rn
     and ``conversions`` (one list per blob, filled as :func:`decode_random_crops` fills its own) as there.
     """
     import torch
+
     with warnings.catch_warnings():  # torchvision 0.29 announces a move of its decoders to TorchCodec on import
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -507,6 +514,7 @@ class CropBatcher:
 
     def _take(self) -> Tensor:
         import torch
+
         pool = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]  # (count, 3, c, c)
         if self.shuffle_pool:
             pool = pool[torch.randperm(len(pool), generator=self.generator, device=pool.device)]
@@ -533,6 +541,7 @@ def _luma(rgb: Tensor) -> Tensor:
 def _output_planes(img: DecodedImage, *, keep_alpha: bool) -> tuple[Tensor, str]:
     """(C, H, W) float planes in [0, 1] in the image's own mode (alpha dropped if not kept)."""
     import torch
+
     grey = img.mode in ("L", "LA")
     colour = _luma(img.rgb) if grey else img.rgb
     if keep_alpha and img.alpha is not None:

@@ -99,9 +99,9 @@ def check_png_stream(data: bytes, *, inflate_8bit: bool = True) -> int:
 
 def png16_to_planes(data: bytes) -> tuple[Tensor, str]:
     """16-bit PNG -> ((C, H, W) float32 in [0, 1], mode). PIL would truncate 16-bit RGB to 8 bits."""
-    import torch
     import warnings
 
+    import torch
     from torchvision.io import ImageReadMode, decode_png
 
     # torchvision 0.29 marks its image codecs deprecated (in favour of TorchCodec); the pinned version

@@ -243,9 +243,10 @@ def random_crops(rgb: np.ndarray | Tensor, crop_size: int, count: int, rng: np.r
     rounding to nearest: an 8-bit source's values come back exactly). Crop positions depend on the
     image size and ``rng`` only.
     """
-    import torch
     if isinstance(rgb, np.ndarray):
         return random_windows(rgb, crop_size, count, rng)
+    import torch  # a tensor came in: torch is loaded already
+
     height, width = rgb.shape[-2:]
     tops = rng.integers(0, height - crop_size + 1, size=count)
     lefts = rng.integers(0, width - crop_size + 1, size=count)
@@ -302,6 +303,7 @@ def decode_and_crop_on(
     positions for the same ``rng``, the same skip kinds and conversions (see :func:`decode_random_crops_on`)."""
     import torch
     from torch import Tensor
+
     blobs = [bytes(data) for data in batch["bytes"]]
     notes: list[list[str]] = []
     results = decode_random_crops_on(blobs, crop_size=crop_size, count=crops_per_image, rng=rng, device=device, limits=limits,
