@@ -309,10 +309,13 @@ class BufferedLogger:
         self._idle.clear()
         self._inbox.put(item)
 
-    def flush(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for everything queued to be sent; True if it was."""
+    def flush(self, timeout_s: float, *, unless_down: bool = False) -> bool:
+        """Wait up to ``timeout_s`` for everything queued to be sent; True if it was. ``unless_down``:
+        give up at once while the server is known to be down."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if unless_down and self._down_since is not None:
+                return False
             if self._idle.wait(timeout=0.1) and not self._has_pending():
                 return True
         return self._inbox.empty() and not self._has_pending()
@@ -323,13 +326,7 @@ class BufferedLogger:
         the checkpoint restarts from it and never runs those steps again, so metrics still queued in
         a lagging sender would be lost with the process (found by the reliability harness: a worker
         killed after checkpoint 4 took steps 1-4 with it while a loaded server answered slowly)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._down_since is not None:
-                return False
-            if self._idle.wait(timeout=0.1) and not self._has_pending():
-                return True
-        return False
+        return self.flush(timeout_s, unless_down=True)
 
     def close(self, timeout_s: float) -> None:
         """Send what is left, waiting at most ``timeout_s``; one line says what could not be sent."""
