@@ -286,11 +286,11 @@ def test_ingest_from_s3_two_epochs(s3_server, s3_bucket, ray_cluster, photos_dir
 
 
 def test_batches_of_only_bad_objects_flow_through(s3_server, s3_bucket, ray_cluster, photos_dir, datasets_dir):
-    """decode_batch_size=1 makes every bad object a batch of its own: empty (K = 0) blocks must not break
+    """files_per_task=1 makes every bad object a read task and a batch of its own: empty (K = 0) blocks must not break
     the dataset's schema, and a prefix whose images are all bad gives an empty epoch, not an error."""
     good, _ = upload_dataset(s3_bucket, photos_dir, datasets_dir)
     counter = f"skips-{uuid.uuid4().hex[:8]}"
-    ds = build_train_dataset(f"s3://{s3_bucket}/raw/space", crop_size=40, skip_counter_name=counter, decode_batch_size=1)
+    ds = build_train_dataset(f"s3://{s3_bucket}/raw/space", crop_size=40, skip_counter_name=counter, files_per_task=1)
     assert sorted(epoch_sources(ds, good, 40)) == ["space/deep/ihc.Png", "space/rocket.JPEG"]
     assert count_skips(counter)["examples"] == {"corrupt": ["truncated.jpg"]}  # keys relative to the dataset's URI
 

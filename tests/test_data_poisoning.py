@@ -178,7 +178,7 @@ def test_ingest_counts_every_poison_category_exactly(ray_cluster, tmp_path, pois
     write_tree(tmp_path / "train", objects)
     want_skips, want_converted = expected_counts(categories)
     name = f"poison-{uuid.uuid4().hex[:8]}"
-    ds = build_train_dataset(str(tmp_path / "train"), crop_size=CROP, crops_per_image=2, skip_counter_name=name, decode_batch_size=8)
+    ds = build_train_dataset(str(tmp_path / "train"), crop_size=CROP, crops_per_image=2, skip_counter_name=name, files_per_task=8)
     for epoch in range(2):  # the second epoch reads the same objects again: the counts stay
         rows = sum(len(b["gt"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
         summary = count_skips(name)

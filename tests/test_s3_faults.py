@@ -198,7 +198,7 @@ def test_ingest_under_faults_reads_the_same_objects_with_the_same_skips(ray_clus
 
     def epoch(endpoint: str, name: str) -> tuple[int, dict]:
         ds = build_train_dataset(f"s3://{bucket}/train", crop_size=32, crops_per_image=2, s3_endpoint=endpoint,
-                                 skip_counter_name=name, decode_batch_size=4)
+                                 skip_counter_name=name, files_per_task=4)
         rows = sum(len(b["gt"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
         return rows, count_skips(name)
 

@@ -4,7 +4,7 @@ One epoch, as Ray Data runs it::
 
     list the files once, on the driver (srgan.io.datasets: list_images / the shards of a packed prefix)
       -> read_binary_files / read_parquet      the file order is reshuffled at every epoch
-      -> map_batches(decode + crop)            fractional CPUs; bad objects skipped and counted
+      -> map_batches(decode + crop)            fused into the read tasks, a core each; bad objects skipped and counted
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
 
 raw-uint8 shards (``*.arrow``) skip the decode: the read tasks map the shards and cut windows. With
@@ -21,6 +21,7 @@ report no conversions.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,7 +46,7 @@ from srgan.io.datasets import (
     relative_key,
 )
 
-__all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "decodes_on_worker", "iter_device_crops"]
+__all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "epoch_passes", "decodes_on_worker", "iter_device_crops"]
 
 
 @ray.remote(num_cpus=0)
@@ -147,11 +148,47 @@ def _raw_shards(paths: list[str], *, filesystem, shuffle: Any, crop_size: int, c
     return RawShards(paths, filesystem=filesystem, shuffle=shuffle)
 
 
+def _image_files(paths: list[str], *, filesystem, shuffle: Any):
+    """A Ray Data datasource of ``{"bytes", "path"}`` rows, one per file, that reads each task's files
+    on a few threads: a GET to S3 waits tens of milliseconds, and a task that read one object at a time
+    would spend most of its core waiting (the decode runs in the same task, fused after the read)."""
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource import FileBasedDatasource
+
+    class ImageFiles(FileBasedDatasource):  # RAY
+        _NUM_THREADS_PER_TASK = READ_THREADS_PER_TASK  # Ray Data's own switch: reads go through a thread pool
+
+        def _read_stream(self, f, path):
+            yield BlockAccessor.batch_to_block({"bytes": np.array([f.readall()], dtype=object)})
+
+        def _rows_per_file(self):
+            return 1
+
+    return ImageFiles(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True)
+
+
+# Concurrent reads per read/decode task (file opens and GETs release the GIL).
+READ_THREADS_PER_TASK = 8
+
+
 def _bytes_batch(batch: dict[str, np.ndarray], *, image_column: str, root: str | None) -> dict[str, np.ndarray]:
     """map_batches UDF of ``data.decode_device: cuda``: {image_column, path} -> {"bytes", "path"} with
     the keys a skip is reported under; nothing is decoded (the Train worker decodes on its GPU)."""
     paths = [str(p) if root is None else relative_key(str(p), root) for p in batch["path"]]
     return {"bytes": batch[image_column], "path": np.asarray(paths, dtype=object)}
+
+
+def epoch_passes(objects: int, min_objects_per_epoch: int) -> int:
+    """How many times an epoch reads a raw prefix of ``objects`` objects: enough to reach
+    ``min_objects_per_epoch`` (at least once; 0 = once)."""
+    return max(1, math.ceil(min_objects_per_epoch / max(objects, 1)))
+
+
+def _read_tasks(objects: int, files_per_task: int, num_cpus: float) -> int:
+    """Read tasks for ``objects`` files: ``files_per_task`` each, but at least one per slot the cluster
+    has for such tasks (so a small prefix still decodes on every core), and never an empty one."""
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))  # RAY
+    return max(1, min(objects, max(math.ceil(objects / files_per_task), slots)))
 
 
 def _file_shuffle(seed: int | None) -> Any:
@@ -172,9 +209,10 @@ def build_train_dataset(
     limits: ImageLimits = ImageLimits(),
     skip_counter_name: str,
     seed: int | None = None,
-    decode_batch_size: int = 32,
-    num_cpus: float = 0.25,
+    files_per_task: int = 1024,
+    num_cpus: float = 1.0,
     decode: str = "cpu",
+    min_objects_per_epoch: int = 0,
 ) -> ray.data.Dataset:
     """A Ray Dataset of random HR training crops: rows ``{"gt": uint8 (3, crop_size, crop_size)}``, RGB, 0..255.
 
@@ -193,8 +231,21 @@ def build_train_dataset(
 
     Bad objects are skipped and reported to the :class:`SkipCounter` named ``skip_counter_name`` (read
     it with :func:`count_skips`); reusing a name adds to that counter. ``seed`` makes the per-epoch file
-    order reproducible (crop positions always use fresh entropy). ``num_cpus`` is per read/decode task:
-    keep it fractional on small machines where Train workers hold CPUs, or Ray Data starves.
+    order reproducible (crop positions always use fresh entropy).
+
+    Each task reads and decodes (one fused Ray Data operator) up to ``files_per_task`` objects of a raw
+    prefix, or one Parquet shard; a task needs ``num_cpus``. Decoding is single-threaded, so a task
+    is one core's work: fractional tasks ran more tasks than cores, and Ray started and killed worker
+    processes at every epoch; small tasks (32 objects) spent more time scheduled than decoding
+    (docs/performance.md has the figures). Give less than 1 CPU only where less is free, as the
+    trainer does on small machines where its workers hold CPUs.
+
+    ``min_objects_per_epoch``: a raw prefix smaller than this is read several times per epoch
+    (:func:`epoch_passes`; the passes are shuffled together, so a batch may hold two crops of one image).
+    Each epoch is a new Ray Data execution, and an execution starts slowly (Ray Data runs one task at a
+    time until its first resource refresh, a second in): a 15-image demo set restarted every 7 batches
+    and the loop waited at every start. The trainer asks for 4,096 objects, or what the run needs if
+    that is fewer. Shards are never repeated (they are for large data sets).
 
     A raw prefix is listed here, once; Ray then stats each listed file again. At ImageNet scale pack the
     prefix with ``pipelines/prepare.py`` instead.
@@ -206,8 +257,8 @@ def build_train_dataset(
     """
     if crop_size < 1 or crops_per_image < 1:
         raise UserError(f"crop_size and crops_per_image must be >= 1, got {crop_size} and {crops_per_image}")
-    if decode_batch_size < 1 or num_cpus <= 0:
-        raise UserError(f"decode_batch_size must be >= 1 and num_cpus > 0, got {decode_batch_size} and {num_cpus}")
+    if files_per_task < 1 or num_cpus <= 0:
+        raise UserError(f"files_per_task must be >= 1 and num_cpus > 0, got {files_per_task} and {num_cpus}")
     import ray.data  # here, not at the top: packing and the pure functions don't need Ray Data
 
     if decode not in ("cpu", "cuda"):
@@ -225,18 +276,22 @@ def build_train_dataset(
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
         fs, root, images = list_image_infos(uri, s3_endpoint)
-        paths = [i.path for i in images]
-        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, shuffle=shuffle, num_cpus=num_cpus)
+        paths = [i.path for i in images] * epoch_passes(len(images), min_objects_per_epoch)
+        ds = ray.data.read_datasource(_image_files(paths, filesystem=fs, shuffle=shuffle), num_cpus=num_cpus,
+                                      override_num_blocks=_read_tasks(len(paths), files_per_task, num_cpus))
         image_column = "bytes"
     counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
     # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
     # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
+    # batch_size=None: the UDF takes each block the read yields (at most Ray Data's target block size,
+    # 128 MiB of encoded objects), which lets Ray fuse it into the read task; a batch size would make
+    # a separate operator, and every block would travel through the object store to be decoded.
     if decode == "cuda":
-        return ds.map_batches(_bytes_batch, batch_size=decode_batch_size, num_cpus=num_cpus,
+        return ds.map_batches(_bytes_batch, batch_size=None, num_cpus=num_cpus,
                               fn_kwargs={"image_column": image_column, "root": root})
     return ds.map_batches(
         _decode_crop_batch,
-        batch_size=decode_batch_size,
+        batch_size=None,
         num_cpus=num_cpus,
         fn_kwargs={
             "image_column": image_column,

@@ -435,6 +435,27 @@ def _cpus_per_worker(config: Config) -> float:
     return max(0.25, min(1.0, total / (2 * config.run.workers)))
 
 
+# Objects an epoch of a raw prefix should hold at least (small sets are read several times per epoch,
+# see build_train_dataset): an execution's start-up then comes every few hundred batches, not every few.
+MIN_OBJECTS_PER_EPOCH = 4096
+
+
+def _min_objects_per_epoch(config: Config) -> int:
+    """MIN_OBJECTS_PER_EPOCH, or the objects the whole run needs if that is fewer: decoding ahead of a run
+    that stops would take the CPU from its last steps."""
+    needed = math.ceil(config.train.steps * config.train.batch_size / config.data.crops_per_image)
+    return min(MIN_OBJECTS_PER_EPOCH, needed)
+
+
+def _decode_task_cpus(config: Config, cpus_per_worker: float) -> float:
+    """CPUs per Ray Data read/decode task: a core (decoding is single-threaded), or what the Train
+    workers leave free when that is less (at least a quarter), so that a decode task can always start."""
+    import ray  # RAY
+
+    free = ray.cluster_resources().get("CPU", 1.0) - config.run.workers * cpus_per_worker
+    return max(0.25, min(1.0, free))
+
+
 def _torch_threads(config: Config, cpus_per_worker: float) -> int:
     """Intra-op threads per Train worker: ``run.torch_threads``, else the whole CPUs it holds (at least
     one: a worker holding 0.5 CPU runs one thread, not one per core of the node)."""
@@ -462,6 +483,7 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
 
     init_ray()  # RAY
     skip_counter = f"srgan-skips-{config.run.name}-{uuid.uuid4().hex[:8]}"
+    cpus_per_worker = _cpus_per_worker(config)
     dataset = build_train_dataset(  # RAY: Ray Data decode + random crop -> uint8 Arrow tensors
         config.data.train,
         crop_size=config.data.crop_size,
@@ -470,8 +492,9 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
         skip_counter_name=skip_counter,
         seed=config.train.seed,
         decode=config.data.decode_device,
+        num_cpus=_decode_task_cpus(config, cpus_per_worker),
+        min_objects_per_epoch=_min_objects_per_epoch(config),
     )
-    cpus_per_worker = _cpus_per_worker(config)
     trainer = TorchTrainer(  # RAY
         train_loop_per_worker,
         train_loop_config={
