@@ -155,15 +155,18 @@ def _data_wait_loop(cfg: dict) -> None:
 
 def _row_data_wait(s: Settings) -> Row:
     from srgan.app.demo_data import make_demo_dataset
-    from srgan.distributed.ingest import build_train_dataset
+    from srgan.distributed.ingest import build_train_dataset, epoch_passes
 
     steps = 30 if s.quick else 120
     work = Path(tempfile.mkdtemp(prefix="bench-wait-"))
     train_dir, _ = make_demo_dataset(work / "demo")
     with local_ray(num_cpus=2, dashboard=True):
         # As the demo runs it: the Train worker at 1 CPU (srgan.distributed.trainer: total / (2 x workers)),
-        # decode tasks at 0.25 CPU each, torch on 1 thread.
-        ds = build_train_dataset(str(train_dir), crop_size=CROP, crops_per_image=8, skip_counter_name="bench-wait", seed=0)
+        # decode tasks at the CPU it leaves, torch on 1 thread, and an epoch of the objects the run needs
+        # (trainer._min_objects_per_epoch: steps x batch / crops per image, at most 4,096).
+        per_epoch = min(4096, steps * BATCH // 8)
+        ds = build_train_dataset(str(train_dir), crop_size=CROP, crops_per_image=8, skip_counter_name="bench-wait", seed=0,
+                                 min_objects_per_epoch=per_epoch)
         (work / "runs").mkdir()
         metrics = _fit(_data_wait_loop, {"steps": steps, "threads": 1, "cpus": 1}, str(work / "runs"), {"train": ds})
     wait, ips = metrics["data_wait"], metrics["images_per_s"]
@@ -171,8 +174,8 @@ def _row_data_wait(s: Settings) -> Row:
                f"of it: {metrics['epoch_start_wait']:.1%} at the starts of {metrics['epochs'] - 1} later epochs, {metrics['in_epoch_wait']:.1%} within epochs",
                wait, "< 5%", wait < 0.05,
                f"demo config: 15 demo photos, {CROP}x{CROP} crops, 8 per photo, batch {BATCH}, shuffle buffer {BATCH * 8}, prefetch 2; "
-               f"demo generator MSE step, 1 Train worker at 1 CPU with 1 torch thread, decode at 0.25 CPU per task; {steps} steps, "
-               f"the first batch not counted")
+               f"demo generator MSE step, 1 Train worker at 1 CPU with 1 torch thread, decode at 1 CPU per task, epochs of at least "
+               f"{per_epoch} objects (the 15 photos read {epoch_passes(15, per_epoch)} times); {steps} steps, the first batch not counted")
 
 
 ROWS = {
