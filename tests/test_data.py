@@ -312,3 +312,24 @@ def test_seed_replays_the_epoch_orders_from_a_local_tree(tmp_path, ray_cluster, 
     assert orders[0] == orders[1]
     assert orders[0][0] != orders[0][1]  # still a new order at every epoch
     assert sorted(orders[0][0]) == sorted(good)
+
+
+def test_a_small_prefix_is_read_several_times_per_epoch_in_one_fused_task_per_core(tmp_path, ray_cluster, photos_dir, datasets_dir):
+    """min_objects_per_epoch: every good object comes passes times in one epoch (one Ray Data execution),
+    bad ones are still counted once; the decode runs inside the read tasks (no operator of its own)."""
+    from srgan.distributed.ingest import epoch_passes
+
+    good, bad, _ = dataset_objects(photos_dir, datasets_dir)
+    for key, data in (good | bad).items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(data)
+    objects = len(good) + len(bad)
+    passes = epoch_passes(objects, 3 * objects - 1)
+    assert passes == 3 and epoch_passes(objects, 0) == 1 and epoch_passes(objects, objects) == 1
+    counter = f"skips-{uuid.uuid4().hex[:8]}"
+    ds = build_train_dataset(str(tmp_path), crop_size=32, skip_counter_name=counter, min_objects_per_epoch=3 * objects - 1)
+    sources = epoch_sources(ds, good, 32)
+    assert sorted(sources) == sorted(list(good) * passes)
+    assert count_skips(counter)["total"] == len(bad)  # the same bad paths in every pass: counted once
+    operators = [line for line in ds.stats().splitlines() if line.startswith("Operator ")]
+    assert len(operators) == 1 and "->MapBatches(_decode_crop_batch)" in operators[0], operators
