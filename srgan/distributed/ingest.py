@@ -148,12 +148,19 @@ def _raw_shards(paths: list[str], *, filesystem, shuffle: Any, crop_size: int, c
     return RawShards(paths, filesystem=filesystem, shuffle=shuffle)
 
 
-def _image_files(paths: list[str], *, filesystem, shuffle: Any):
+def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any):
     """A Ray Data datasource of ``{"bytes", "path"}`` rows, one per file, that reads each task's files
     on a few threads: a GET to S3 waits tens of milliseconds, and a task that read one object at a time
-    would spend most of its core waiting (the decode runs in the same task, fused after the read)."""
+    would spend most of its core waiting (the decode runs in the same task, fused after the read).
+
+    The sizes come from the project's own listing: Ray's default metadata provider would stat every
+    path again (a HEAD per object on S3, and one per pass when a small prefix is read several times)."""
     from ray.data.block import BlockAccessor
-    from ray.data.datasource import FileBasedDatasource
+    from ray.data.datasource import DefaultFileMetadataProvider, FileBasedDatasource
+
+    class Listed(DefaultFileMetadataProvider):  # RAY
+        def expand_paths(self, paths, filesystem, partitioning=None, ignore_missing_paths=False):
+            return zip(paths, sizes)
 
     class ImageFiles(FileBasedDatasource):  # RAY
         _NUM_THREADS_PER_TASK = READ_THREADS_PER_TASK  # Ray Data's own switch: reads go through a thread pool
@@ -164,7 +171,7 @@ def _image_files(paths: list[str], *, filesystem, shuffle: Any):
         def _rows_per_file(self):
             return 1
 
-    return ImageFiles(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True)
+    return ImageFiles(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True, meta_provider=Listed())
 
 
 # Concurrent reads per read/decode task (file opens and GETs release the GIL).
@@ -247,8 +254,8 @@ def build_train_dataset(
     and the loop waited at every start. The trainer asks for 4,096 objects, or what the run needs if
     that is fewer. Shards are never repeated (they are for large data sets).
 
-    A raw prefix is listed here, once; Ray then stats each listed file again. At ImageNet scale pack the
-    prefix with ``pipelines/prepare.py`` instead.
+    A raw prefix is listed here, once (Ray Data takes the sizes from this listing). At ImageNet scale
+    pack the prefix with ``pipelines/prepare.py`` instead: a task then reads a shard, not an object.
 
     ``raw-uint8`` shards (``prepare.py --format raw-uint8``: ``*.arrow`` files) are not decoded at all:
     the read tasks memory-map them (ranged reads on S3) and only cut windows; shards are reordered
@@ -276,8 +283,9 @@ def build_train_dataset(
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
         fs, root, images = list_image_infos(uri, s3_endpoint)
-        paths = [i.path for i in images] * epoch_passes(len(images), min_objects_per_epoch)
-        ds = ray.data.read_datasource(_image_files(paths, filesystem=fs, shuffle=shuffle), num_cpus=num_cpus,
+        passes = epoch_passes(len(images), min_objects_per_epoch)
+        paths, sizes = [i.path for i in images] * passes, [i.size for i in images] * passes
+        ds = ray.data.read_datasource(_image_files(paths, sizes, filesystem=fs, shuffle=shuffle), num_cpus=num_cpus,
                                       override_num_blocks=_read_tasks(len(paths), files_per_task, num_cpus))
         image_column = "bytes"
     counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
