@@ -194,7 +194,8 @@ def epoch_passes(objects: int, min_objects_per_epoch: int) -> int:
 def _read_tasks(objects: int, files_per_task: int, num_cpus: float) -> int:
     """Read tasks for ``objects`` files: ``files_per_task`` each, but at least one per slot the cluster
     has for such tasks (so a small prefix still decodes on every core), and never an empty one."""
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))  # RAY
+    cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else 1  # RAY (the read starts Ray if need be)
+    slots = max(1, int(cpus // num_cpus))
     return max(1, min(objects, max(math.ceil(objects / files_per_task), slots)))
 
 
