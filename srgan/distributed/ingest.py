@@ -3,8 +3,9 @@
 One epoch, as Ray Data runs it::
 
     list the files once, on the driver (srgan.io.datasets: list_images / the shards of a packed prefix)
-      -> read_binary_files / read_parquet      the file order is reshuffled at every epoch
-      -> map_batches(decode + crop)            fused into the read tasks, a core each; bad objects skipped and counted
+      -> _image_files / read_parquet           tasks of up to 1,024 objects (or a shard), read on 8 threads;
+                                               the file order is reshuffled at every epoch
+      -> map_batches(decode + crop)            fused into those tasks, a core each; bad objects skipped and counted
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
 
 raw-uint8 shards (``*.arrow``) skip the decode: the read tasks map the shards and cut windows. With
