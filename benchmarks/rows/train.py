@@ -155,16 +155,15 @@ def _data_wait_loop(cfg: dict) -> None:
 
 def _row_data_wait(s: Settings) -> Row:
     from srgan.app.demo_data import make_demo_dataset
-    from srgan.distributed.ingest import build_train_dataset, epoch_passes
+    from srgan.distributed.ingest import build_train_dataset, epoch_passes, training_epoch_objects
 
     steps = 30 if s.quick else 120
     work = Path(tempfile.mkdtemp(prefix="bench-wait-"))
     train_dir, _ = make_demo_dataset(work / "demo")
     with local_ray(num_cpus=2, dashboard=True):
         # As the demo runs it: the Train worker at 1 CPU (srgan.distributed.trainer: total / (2 x workers)),
-        # decode tasks at the CPU it leaves, torch on 1 thread, and an epoch of the objects the run needs
-        # (trainer._min_objects_per_epoch: steps x batch / crops per image, at most 4,096).
-        per_epoch = min(4096, steps * BATCH // 8)
+        # decode tasks at the CPU it leaves, torch on 1 thread, and the trainer's epoch size.
+        per_epoch = training_epoch_objects(steps=steps, batch_size=BATCH, crops_per_image=8)
         ds = build_train_dataset(str(train_dir), crop_size=CROP, crops_per_image=8, skip_counter_name="bench-wait", seed=0,
                                  min_objects_per_epoch=per_epoch)
         (work / "runs").mkdir()

@@ -47,7 +47,7 @@ from srgan.io.datasets import (
     relative_key,
 )
 
-__all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "epoch_passes", "decodes_on_worker", "iter_device_crops"]
+__all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "epoch_passes", "training_epoch_objects", "decodes_on_worker", "iter_device_crops"]
 
 
 @ray.remote(num_cpus=0)
@@ -190,6 +190,17 @@ def epoch_passes(objects: int, min_objects_per_epoch: int) -> int:
     """How many times an epoch reads a raw prefix of ``objects`` objects: enough to reach
     ``min_objects_per_epoch`` (at least once; 0 = once)."""
     return max(1, math.ceil(min_objects_per_epoch / max(objects, 1)))
+
+
+# Objects a training epoch of a raw prefix should hold at least (small sets are read several times per
+# epoch): an execution's start-up then comes every few hundred batches, not every few.
+MIN_OBJECTS_PER_EPOCH = 4096
+
+
+def training_epoch_objects(*, steps: int, batch_size: int, crops_per_image: int) -> int:
+    """The ``min_objects_per_epoch`` training asks for: MIN_OBJECTS_PER_EPOCH, or the objects the whole
+    run needs if that is fewer (decoding ahead of a run that stops would take the CPU from its last steps)."""
+    return min(MIN_OBJECTS_PER_EPOCH, math.ceil(steps * batch_size / crops_per_image))
 
 
 def _read_tasks(objects: int, files_per_task: int, num_cpus: float) -> int:

@@ -435,18 +435,6 @@ def _cpus_per_worker(config: Config) -> float:
     return max(0.25, min(1.0, total / (2 * config.run.workers)))
 
 
-# Objects an epoch of a raw prefix should hold at least (small sets are read several times per epoch,
-# see build_train_dataset): an execution's start-up then comes every few hundred batches, not every few.
-MIN_OBJECTS_PER_EPOCH = 4096
-
-
-def _min_objects_per_epoch(config: Config) -> int:
-    """MIN_OBJECTS_PER_EPOCH, or the objects the whole run needs if that is fewer: decoding ahead of a run
-    that stops would take the CPU from its last steps."""
-    needed = math.ceil(config.train.steps * config.train.batch_size / config.data.crops_per_image)
-    return min(MIN_OBJECTS_PER_EPOCH, needed)
-
-
 def _decode_task_cpus(config: Config, cpus_per_worker: float) -> float:
     """CPUs per Ray Data read/decode task: a core (decoding is single-threaded), or what the Train
     workers leave free when that is less (at least a quarter), so that a decode task can always start."""
@@ -467,7 +455,7 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
     from ray.train import ScalingConfig  # RAY
     from ray.train.torch import TorchTrainer  # RAY
 
-    from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker
+    from srgan.distributed.ingest import build_train_dataset, count_skips, decodes_on_worker, training_epoch_objects
     from srgan.tracking.runs import finish_run, log_params_once, open_run, resolve_tracking_uri, wait_limit_s, with_tracking_retries
 
     t0 = time.perf_counter()
@@ -493,7 +481,8 @@ def run_training(config: Config, *, requested_init_from: str = "") -> TrainSumma
         seed=config.train.seed,
         decode=config.data.decode_device,
         num_cpus=_decode_task_cpus(config, cpus_per_worker),
-        min_objects_per_epoch=_min_objects_per_epoch(config),
+        min_objects_per_epoch=training_epoch_objects(steps=config.train.steps, batch_size=config.train.batch_size,
+                                                     crops_per_image=config.data.crops_per_image),
     )
     trainer = TorchTrainer(  # RAY
         train_loop_per_worker,
