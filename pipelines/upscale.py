@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="images per batch (same-size ones share a forward pass)")
     p.add_argument("--tile-size", type=int, default=256, help="largest LR tile per forward pass")
     p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--stall-timeout-s", type=float, default=1800.0,
+                   help="restart the work left when nothing progresses for this long (longer than the slowest batch)")
+    p.add_argument("--stall-retries", type=int, default=2, help="restarts after a stall before the job gives up")
     add_limit_arguments(p, what="input file")
     return p.parse_args(argv)
 
@@ -57,6 +60,8 @@ def main() -> int:
         s3_endpoint=args.s3_endpoint,
         limits=limits_from_args(args),
         runtime=args.runtime,
+        stall_timeout_s=args.stall_timeout_s,
+        stall_retries=args.stall_retries,
     )
     summary = run_bulk_upscale(config, report=lambda line: print(line, flush=True))
     print(summary.line(), flush=True)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import time
 
 import boto3
 import numpy as np
@@ -98,7 +99,7 @@ def _get(client, bucket: str, key: str) -> bytes:
 def test_bulk_s3_to_s3_outputs_errors_and_rerun(cli, ray_cluster, bucket, checkpoint):
     client, name = bucket
     args = ["--input", f"s3://{name}/photos", "--output", f"s3://{name}/photos-x4", "--model", str(checkpoint),
-            "--num-cpus", "0.25", "--workers", "1"]
+            "--num-cpus", "0.25", "--workers", "1", "--stall-timeout-s", "120"]
     first = _upscale(cli, *args)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # something failed
     assert "done 6, skipped 0, failed 2" in first.stdout and "upscaled 8/8" in first.stdout, first.stdout
@@ -151,7 +152,7 @@ def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(cli, ray_cl
     stale.write_bytes(b"partial")
     # The actor runs the generator with onnxruntime (exported on the fly): the bulk job's other runtime.
     proc = _upscale(cli, "--input", str(tmp_path / "shards"), "--output", str(out), "--model", str(checkpoint),
-                    "--format", "webp", "--num-cpus", "0.25", "--runtime", "onnxruntime")
+                    "--format", "webp", "--num-cpus", "0.25", "--runtime", "onnxruntime", "--stall-timeout-s", "120")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"model {checkpoint} (onnxruntime)" in proc.stdout, proc.stdout
     assert "done 3, skipped 3, failed 0" in proc.stdout and "upscaled 3/3" in proc.stdout, proc.stdout
@@ -162,6 +163,46 @@ def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(cli, ray_cl
     for key in four[1:]:
         height, width = GOOD[key][1]
         assert Image.open(out / (os.path.splitext(key)[0] + ".webp")).size == (4 * width, 4 * height)
+
+
+def test_a_stalled_execution_is_started_again_for_what_is_left(ray_cluster, tmp_path, checkpoint):
+    """Every CPU of the cluster held by a placement group: nothing can run, and Ray Data's no-progress
+    guard stops the execution after stall_timeout_s. The job says so in one line (free CPU 0), plans
+    again, and once the CPUs are back the new execution finishes the work: each input once."""
+    import threading
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    keys = ["a/one.png", "a/b/two.jpg", "d/e/six.png"]
+    for key in keys:
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(_good_bytes(*GOOD[key]))
+    # Generous retries: an actor's start (a worker process, torch, the model) is no progress either.
+    config = BulkUpscaleConfig(input=str(src), output=str(out), model=str(checkpoint), num_cpus=0.25,
+                               stall_timeout_s=8, stall_retries=5)
+    free_cpus = ray.available_resources().get("CPU", 0)
+    blocker = placement_group([{"CPU": free_cpus}])
+    ray.get(blocker.ready(), timeout=60)
+    lines: list[str] = []
+    result: dict = {}
+    job = threading.Thread(target=lambda: result.update(summary=run_bulk_upscale(config, report=lines.append)), daemon=True)
+    job.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("WARNING: no progress" in line for line in lines) and time.monotonic() < deadline and job.is_alive():
+            time.sleep(0.2)
+    finally:
+        remove_placement_group(blocker)
+    job.join(timeout=240)
+    assert not job.is_alive() and "summary" in result, lines
+    warning = next(line for line in lines if "WARNING: no progress" in line)
+    assert "free CPU 0" in warning and "input(s) left" in warning, warning
+    summary = result["summary"]
+    assert (summary.done, summary.failed, summary.skipped) == (3, 0, 0), (summary.line(), lines)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(_out_key(k) for k in keys)
 
 
 def test_plan_reads_only_shards_with_work_and_filters_their_done_rows():

@@ -93,6 +93,11 @@ class BulkUpscaleConfig:
     s3_endpoint: str | None = None
     limits: Annotated[ImageLimits, CORE] = field(default_factory=ImageLimits)
     runtime: Annotated[str, must("torch or onnxruntime", lambda r: r in RUNTIMES)] = "torch"  # docs/export.md
+    # A stalled execution (no result and no block moved for this long) is stopped and started again
+    # for what is left, at most stall_retries times. It must exceed the longest batch: a 16 MP input
+    # at 0.4 output MP/s on a CPU takes about 11 minutes (docs/serving.md's throughput figures).
+    stall_timeout_s: Annotated[Float, Field(gt=0)] = 1800.0
+    stall_retries: Annotated[Int, Field(ge=0)] = 2
 
     @model_validator(mode="after")
     def _check(self) -> BulkUpscaleConfig:
@@ -412,7 +417,7 @@ def _dataset(config: BulkUpscaleConfig, plan: Plan, source: ModelSource):
     else:
         # A file removed since listing is dropped here and reported as missing by the driver.
         ds = ray.data.read_binary_files(plan.source_paths, filesystem=plan.in_fs, include_paths=True, ignore_missing_paths=True, num_cpus=read_cpus)
-    return ds.map_batches(
+    ds = ds.map_batches(
         UpscaleBatch,
         fn_constructor_kwargs=actor_arguments(config, plan, source),
         batch_size=config.batch_size,
@@ -420,6 +425,8 @@ def _dataset(config: BulkUpscaleConfig, plan: Plan, source: ModelSource):
         num_cpus=config.num_cpus,
         num_gpus=1 if config.gpu else 0,
     )
+    ds.context.execution_no_progress_timeout_s = config.stall_timeout_s  # RAY: raises ExecutionTimeoutError
+    return ds
 
 
 class _Progress:
@@ -441,16 +448,46 @@ class _Progress:
             self.report(self.line())
 
 
-def _execute(config: BulkUpscaleConfig, plan: Plan, source: ModelSource, summary: BulkSummary, report: Callable[[str], None]) -> list[Failure]:
-    """Run the dataset; fills ``summary`` and returns the failures it met (missing inputs included)."""
+def _execute(config: BulkUpscaleConfig, store: OutputStore, plan: Plan, source: ModelSource, summary: BulkSummary,
+             report: Callable[[str], None]) -> list[Failure]:
+    """Run the dataset; fills ``summary`` and returns the failures it met (missing inputs included).
+    A stalled execution (:attr:`BulkUpscaleConfig.stall_timeout_s`) is started again for what is left:
+    the outputs are listed again, so an input whose output was written but whose result row had not
+    arrived is counted done, not redone."""
+    from ray.data.exceptions import ExecutionTimeoutError  # RAY
+
     from srgan.distributed.cluster import init_ray  # RAY: the project's one way to join or start a cluster
 
     init_ray()  # (also turns Ray Data's progress bars off: the driver prints its own progress lines)
-    failures, seen = [], set()
+    failures: list[Failure] = []
+    seen: set[str] = set()
     progress = _Progress(len(plan.todo), summary, report)
-    for batch in _dataset(config, plan, source).iter_batches(batch_size=None, batch_format="numpy"):
+    todo, attempt = plan, 0
+    while True:
+        try:
+            _consume(_dataset(config, todo, source), summary, failures, seen, progress)
+            break
+        except ExecutionTimeoutError as exc:
+            attempt += 1
+            if attempt > config.stall_retries:
+                raise RuntimeError(f"the bulk job made no progress for {config.stall_timeout_s:.0f} s, {attempt} times "
+                                   f"({_stall_detail(exc)}); rerun the same command to continue (done outputs are kept)") from None
+            todo = _left_to_do(config, store, plan, seen, summary)
+            report(f"WARNING: no progress for {config.stall_timeout_s:.0f} s ({_stall_detail(exc)}); "
+                   f"starting again for the {len(todo.todo)} input(s) left (retry {attempt}/{config.stall_retries})")
+            if not todo.todo:
+                break
+    report(progress.line())
+    missing = sorted(set(plan.todo) - seen)
+    failures += [Failure(key, "missing", "the input could not be read (removed since it was listed?)") for key in missing]
+    return failures
+
+
+def _consume(ds, summary: BulkSummary, failures: list[Failure], seen: set[str], progress: _Progress) -> None:
+    """Take the dataset's result rows into ``summary``, ``failures`` and ``seen``."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for key, ok, kind, reason, pixels in zip(*(batch[c] for c in RESULT_COLUMNS)):
-            seen.add(key)
+            seen.add(str(key))
             if ok:
                 summary.done += 1
                 summary.output_pixels += int(pixels)
@@ -458,10 +495,29 @@ def _execute(config: BulkUpscaleConfig, plan: Plan, source: ModelSource, summary
                 summary.failed += 1
                 failures.append(Failure(str(key), str(kind), str(reason)))
         progress.tick()
-    report(progress.line())
-    missing = sorted(set(plan.todo) - seen)
-    failures += [Failure(key, "missing", "the input could not be read (removed since it was listed?)") for key in missing]
-    return failures
+
+
+def _left_to_do(config: BulkUpscaleConfig, store: OutputStore, plan: Plan, seen: set[str], summary: BulkSummary) -> Plan:
+    """The plan of a restart after a stall: the inputs and outputs listed again, less every input
+    that already has a result row (a failed one too: it is not tried twice in one run). Inputs of
+    ``plan`` that now have an output but no row are counted done here (their output pixels unknown)."""
+    in_fs, in_root, parquet, located, _ = _list_inputs(config)
+    existing = store.existing() | {output_key(k, config.format) for k in seen}
+    again = plan_from_listing(located, parquet=parquet, fmt=config.format, existing=existing, in_fs=in_fs, in_root=in_root)
+    left = set(again.todo)
+    written = [k for k in plan.todo if k not in seen and k not in left]
+    summary.done += len(written)
+    seen.update(written)
+    return again
+
+
+def _stall_detail(exc: Exception) -> str:
+    """The stalled operators of Ray Data's message, and the cluster's free CPUs and GPUs: one line."""
+    import ray  # RAY
+
+    ops = "; ".join(line.strip(" -") for line in str(exc).splitlines() if line.startswith("  - "))
+    free = ray.available_resources()
+    return f"{ops or 'no operator named'}; free CPU {free.get('CPU', 0):g}, GPU {free.get('GPU', 0):g}"
 
 
 def _write_report(store: OutputStore, failures: list[Failure]) -> str | None:
@@ -496,7 +552,7 @@ def run_bulk_upscale(config: BulkUpscaleConfig, *, report: Callable[[str], None]
             onnx_export.require("onnxruntime")  # a missing extra is one line here, not an actor failure
         source = resolve_model(config.model, tracking_uri=config.tracking_uri)  # before Ray starts
         report(f"model {source.uri} ({config.runtime}); {config.workers} worker(s){' with a GPU each' if config.gpu else ''}")
-        failures += _execute(config, plan, source, summary, report)
+        failures += _execute(config, store, plan, source, summary, report)
     summary.failed = len(failures)
     summary.errors_report = _write_report(store, failures)
     summary.seconds = time.perf_counter() - t0
