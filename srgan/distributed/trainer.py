@@ -296,6 +296,14 @@ def _iter_crops(shard, config: Config, per_worker: int, device: torch.device, lo
 # of the steps before it: a worker group restarted from that checkpoint never logs them again.
 CHECKPOINT_SETTLE_S = 30.0
 
+# How long rank 0 waits after reporting a checkpoint until Ray Train's controller has registered it.
+# A reported checkpoint is in storage, but the controller only learns of it at its next poll of the
+# workers (every 2 s, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S); a node lost before then took the report
+# with it, and the group restarted from the checkpoint before, one interval further back. Waiting
+# bounds what a lost node costs to one checkpoint interval (the node-loss scenario of
+# benchmarks/reliability.py lost 7 and 8 steps at interval 4 without it).
+CHECKPOINT_COMMIT_WAIT_S = 120.0
+
 
 def _rank0_logger(loop_config: dict[str, Any]):
     from srgan.tracking.runs import BufferedLogger
@@ -361,9 +369,22 @@ def _report_checkpoint(step: int, nets: Nets, config: Config, run_id: str, rank:
         with tempfile.TemporaryDirectory() as tmp:
             save_training_checkpoint(Path(tmp), step=step, nets=nets, config=config.to_dict(), run_id=run_id)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))  # RAY
+        _wait_until_registered(step)
         print(f"[srgan] checkpoint step {step} saved", flush=True)
     else:
         ray.train.report(metrics, checkpoint=None)  # RAY: every rank reports (it is a barrier)
+
+
+def _wait_until_registered(step: int, timeout_s: float = CHECKPOINT_COMMIT_WAIT_S) -> None:
+    """Block until the controller has registered this worker's latest report (the checkpoint just
+    reported): see :data:`CHECKPOINT_COMMIT_WAIT_S`. The other ranks wait at the next all-reduce."""
+    import ray.train  # RAY
+
+    t0 = time.monotonic()
+    ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=timeout_s)  # RAY
+    if time.monotonic() - t0 >= timeout_s:
+        print(f"[srgan] WARNING: checkpoint step {step} is in storage but Ray Train had not registered it after {timeout_s:.0f} s; "
+              "training goes on (a node lost now resumes from the checkpoint before)", flush=True)
 
 
 # ----------------------------------------------------------------------------------- the driver
