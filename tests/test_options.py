@@ -28,6 +28,7 @@ SERVE_DEFAULTS = {
 BULK_DEFAULTS = {
     "model": DEFAULT_MODEL, "tracking_uri": None, "format": None, "quality": 90, "workers": 1, "gpu": False,
     "num_cpus": 1.0, "batch_size": 4, "tile_size": 256, "s3_endpoint": None, "limits": ImageLimits(), "runtime": "torch",
+    "stall_timeout_s": 1800.0, "stall_retries": 2,
 }
 
 
@@ -105,6 +106,8 @@ def test_bad_user_config_is_a_one_line_value_error():
     ({"workers": 0}, "--workers must be a positive integer, got 0"),
     ({"batch_size": -1}, "--batch-size must be a positive integer, got -1"),
     ({"num_cpus": 0}, "--num-cpus must be > 0, got 0"),
+    ({"stall_timeout_s": 0}, "--stall-timeout-s must be > 0, got 0"),
+    ({"stall_retries": -1}, "--stall-retries must be >= 0, got -1"),
     ({"tile_size": 8}, "tile_size must be >= "),  # the core's own check
     ({"input": None}, "--input must be a string, got None"),
 ])
