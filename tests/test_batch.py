@@ -182,8 +182,9 @@ def test_a_stalled_execution_is_started_again_for_what_is_left(ray_cluster, tmp_
     # Generous retries: an actor's start (a worker process, torch, the model) is no progress either.
     config = BulkUpscaleConfig(input=str(src), output=str(out), model=str(checkpoint), num_cpus=0.25,
                                stall_timeout_s=8, stall_retries=5)
-    free_cpus = ray.available_resources().get("CPU", 0)
-    blocker = placement_group([{"CPU": free_cpus}])
+    # The whole cluster's CPUs: ready only once nothing else holds any (an actor of an earlier test
+    # still being torn down), so that nothing can start until the test lets go.
+    blocker = placement_group([{"CPU": ray.cluster_resources()["CPU"]}])
     ray.get(blocker.ready(), timeout=60)
     lines: list[str] = []
     result: dict = {}

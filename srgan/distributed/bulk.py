@@ -315,11 +315,14 @@ def plan_from_listing(located: dict[str, str], *, parquet: bool, fmt: str | None
     return Plan(todo, skipped, list(refused) + failures, parquet, in_fs, in_root, paths, excluded)
 
 
-def make_plan(config: BulkUpscaleConfig, store: OutputStore) -> Plan:
+def make_plan(config: BulkUpscaleConfig, store: OutputStore, *, also_done: Iterable[str] = ()) -> Plan:
+    """List the inputs and the outputs; ``also_done``: input keys to treat as done (a restart's
+    inputs that already have a result row)."""
     in_fs, in_root, parquet, located, refused = _list_inputs(config)
     if type(in_fs) is type(store.fs) and _same_or_inside(store.root, in_root):
         raise UserError(f"the output {config.output} is the input prefix or inside it: write the results elsewhere")
-    return plan_from_listing(located, parquet=parquet, fmt=config.format, existing=store.existing(),
+    existing = store.existing() | {output_key(k, config.format) for k in also_done}
+    return plan_from_listing(located, parquet=parquet, fmt=config.format, existing=existing,
                              in_fs=in_fs, in_root=in_root, refused=refused)
 
 
@@ -501,9 +504,7 @@ def _left_to_do(config: BulkUpscaleConfig, store: OutputStore, plan: Plan, seen:
     """The plan of a restart after a stall: the inputs and outputs listed again, less every input
     that already has a result row (a failed one too: it is not tried twice in one run). Inputs of
     ``plan`` that now have an output but no row are counted done here (their output pixels unknown)."""
-    in_fs, in_root, parquet, located, _ = _list_inputs(config)
-    existing = store.existing() | {output_key(k, config.format) for k in seen}
-    again = plan_from_listing(located, parquet=parquet, fmt=config.format, existing=existing, in_fs=in_fs, in_root=in_root)
+    again = make_plan(config, store, also_done=seen)
     left = set(again.todo)
     written = [k for k in plan.todo if k not in seen and k not in left]
     summary.done += len(written)
