@@ -23,6 +23,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Ray address on the loopback interface (Ray otherwise advertises the machine's own network IP).
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ray Train's controller polls its workers every 2 s by default, and the trainer waits for each
+# checkpoint to be registered (srgan/distributed/trainer.py), so a tiny test run spends about 2 s per
+# checkpoint and at the end just waiting for the next poll. Every Ray process the tests start (the
+# session cluster, the pipelines' own local clusters) inherits this shorter interval.
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
 
 
 def _session_ray_token() -> str:
