@@ -4,8 +4,10 @@ dir of its own so that it can be killed alone), a moto S3 server.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +29,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def harness_auth() -> None:
     """Token auth on, with a token file of this run's own (never the user's ~/.ray/auth_token)."""
     folder = Path(tempfile.mkdtemp(prefix="srgan-rel-auth-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a secret: not left in /tmp after the run
     path = folder / "auth_token"
     path.write_text(secrets.token_hex(32))
     path.chmod(0o600)
