@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -333,3 +334,29 @@ def test_a_small_prefix_is_read_several_times_per_epoch_in_one_fused_task_per_co
     assert count_skips(counter)["total"] == len(bad)  # the same bad paths in every pass: counted once
     operators = [line for line in ds.stats().splitlines() if line.startswith("Operator ")]
     assert len(operators) == 1 and "->MapBatches(_decode_crop_batch)" in operators[0], operators
+
+
+def test_the_skip_counter_lives_on_the_callers_node_and_a_dead_one_never_fails_a_read(ray_cluster):
+    """The counter is created on the driver's node: one placed on a worker node died with that node,
+    and every restarted worker group then failed reading it until max_failures ran out (the reliability
+    harness's train-node-loss, one run in three). A counter that is gone anyway reads as empty, with a
+    warning."""
+    import ray
+    from ray.util.state import list_actors
+
+    from srgan.distributed.ingest import get_skip_counter
+
+    name = f"skips-{uuid.uuid4().hex[:8]}"
+    handle = get_skip_counter(name)
+    ray.get(handle.add.remote([("corrupt", "a.jpg")]))
+    assert count_skips(name)["total"] == 1
+    [actor] = list_actors(filters=[("name", "=", name)])
+    assert actor.node_id == ray.get_runtime_context().get_node_id()
+    ray.kill(handle, no_restart=True)
+    deadline = time.monotonic() + 30
+    while True:  # the dead actor's name may still resolve for a moment: its handle then raises, caught
+        summary = count_skips(name)
+        if summary["total"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert summary == {"counts": {}, "total": 0, "examples": {}, "converted": {}, "converted_examples": {}}

@@ -71,19 +71,30 @@ _COUNTERS: dict[str, Any] = {}
 
 
 def get_skip_counter(name: str) -> ray.actor.ActorHandle:
-    """The :class:`SkipCounter` named ``name`` in this job's namespace, created on first use."""
-    handle = SkipCounter.options(name=name, get_if_exists=True).remote()
+    """The :class:`SkipCounter` named ``name`` in this job's namespace, created on first use, on the
+    caller's node (the driver's, which builds the datasets). Anywhere else it would die with a lost
+    worker node, and every restarted worker group would then fail on reading it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # RAY
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    handle = SkipCounter.options(name=name, get_if_exists=True, scheduling_strategy=here).remote()
     _COUNTERS[name] = handle
     return handle
 
 
 def count_skips(skip_counter_name: str) -> dict[str, Any]:
-    """Summary of the named :class:`SkipCounter`; an empty summary if no such actor exists."""
+    """Summary of the named :class:`SkipCounter`; an empty summary if no such actor exists, or if it
+    died (with its node): a lost count is worth a warning, never a failed training run."""
     try:
         handle = ray.get_actor(skip_counter_name)
     except ValueError:
         return empty_skip_summary()
-    return ray.get(handle.summary.remote())
+    try:
+        return ray.get(handle.summary.remote())
+    except ray.exceptions.RayActorError as exc:
+        logging.getLogger(__name__).warning("[srgan] WARNING: the skip counter %s is gone (%s: its node died); its counts are lost",
+                                            skip_counter_name, type(exc).__name__)
+        return empty_skip_summary()
 
 
 # --------------------------------------------------------------------------------------- Ray Data
