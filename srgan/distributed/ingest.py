@@ -68,6 +68,7 @@ class SkipCounter(SkipTally):
 # Handles kept by the process that made them: a named actor without lifetime="detached" is destroyed
 # once no handle to it is left, and the datasets/trainer only hold theirs while they run.
 _COUNTERS: dict[str, Any] = {}
+_LOST_COUNTERS: set[str] = set()  # counters this process found dead (warned about once)
 
 
 def get_skip_counter(name: str) -> ray.actor.ActorHandle:
@@ -92,8 +93,10 @@ def count_skips(skip_counter_name: str) -> dict[str, Any]:
     try:
         return ray.get(handle.summary.remote())
     except ray.exceptions.RayActorError as exc:
-        logging.getLogger(__name__).warning("[srgan] WARNING: the skip counter %s is gone (%s: its node died); its counts are lost",
-                                            skip_counter_name, type(exc).__name__)
+        if skip_counter_name not in _LOST_COUNTERS:  # read at every log step: one warning, not one per step
+            _LOST_COUNTERS.add(skip_counter_name)
+            logging.getLogger(__name__).warning("[srgan] WARNING: the skip counter %s is gone (%s: its node died); its counts are lost",
+                                                skip_counter_name, type(exc).__name__)
         return empty_skip_summary()
 
 
