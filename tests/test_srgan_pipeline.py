@@ -8,8 +8,6 @@ SRResNet phase in tests/test_train_pipeline.py; both restore through the same tr
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,10 +22,6 @@ from srgan.core.models import DiscriminatorConfig, GeneratorConfig, build_discri
 SMALL_D = ["--set", "discriminator.base_features=8", "--set", "discriminator.dense_features=16"]
 
 
-def _train_cmd(repo_root: Path, *args: str) -> list[str]:
-    return [sys.executable, str(repo_root / "pipelines" / "train.py"), *args]
-
-
 def _steps(client, run_id, key) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, key)]
 
@@ -38,7 +32,7 @@ def local_data(tmp_path_factory, datasets_dir):
     return write_local_training_data(tmp_path_factory.mktemp("srgan-data"), datasets_dir)
 
 
-def test_srgan_phase_from_the_champion(ray_cluster, repo_root, srresnet_champion):
+def test_srgan_phase_from_the_champion(ray_cluster, cli, srresnet_champion):
     work, db = srresnet_champion.work, srresnet_champion.db
     client = MlflowClient(db, registry_uri=db)
     start_version = str(client.get_model_version_by_alias("srgan-generator", "champion").version)
@@ -47,7 +41,9 @@ def test_srgan_phase_from_the_champion(ray_cluster, repo_root, srresnet_champion
     args = [*srresnet_champion.args, *SMALL_D, "--phase", "srgan", "--init-from", srresnet_champion.ref, "--vgg-weights", "random",
             "--name", "gan", "--storage", str(work / "runs"), "--steps", str(steps), "--set", "loss.content_layer=relu2_2",
             "--set", "train.log_every=1", "--set", f"train.val_every={every}", "--set", f"train.checkpoint_every={every}"]
-    proc = subprocess.run(_train_cmd(repo_root, *args), cwd=work, capture_output=True, text=True, timeout=600)
+    # In this process, on the session cluster (the ``cli`` fixture): the job a user's ``python
+    # pipelines/train.py`` runs, without a second import of torch, Ray and MLflow.
+    proc = cli("train", *args, cwd=work, on_cluster=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert "--vgg-weights random" in out and "NOT perceptual" in out  # said loudly
