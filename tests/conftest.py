@@ -191,10 +191,11 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, dashboard: bool = False
 
 def stop_ray_head(temp_dir: Path) -> None:
     """Stop only the cluster whose processes run under ``temp_dir`` (``ray stop`` would stop every Ray
-    cluster on the machine)."""
+    cluster on the machine). A test cluster has nothing to flush: its raylet and dashboard took the
+    whole 2 s grace of a SIGTERM at every session's end, so they get a short one."""
     from servers import stop_process_trees
 
-    stop_process_trees(str(temp_dir))
+    stop_process_trees(str(temp_dir), grace_s=0.3)
 
 
 RAY_SESSION: dict = {}  # the session cluster's address, dashboard URL and temp dir
@@ -434,29 +435,54 @@ class Champion:
 
 
 @pytest.fixture(scope="session")
-def postgres_db():
-    """A throw-away PostgreSQL cluster for the session (tests/servers.py)."""
-    from servers import postgres
+def tracking_stack(s3_server, tmp_path_factory):
+    """The production tracking topology for the session (tests/servers.py), started in a thread: its
+    ~10 s of start-up (initdb, MLflow's server and its schema migrations) overlap the session cluster's
+    when :func:`champion_job` asks for this first. A future of (PostgreSQL, MLflow server)."""
+    import concurrent.futures
+    import threading
 
-    with postgres() as pg:
-        yield pg
+    from servers import mlflow_server, postgres
+
+    work = tmp_path_factory.mktemp("mlflow-server")
+    ready: concurrent.futures.Future = concurrent.futures.Future()
+    done = threading.Event()
+
+    def serve() -> None:
+        try:
+            with postgres() as pg, mlflow_server(pg, s3_server, REPO_ROOT, work) as server:
+                ready.set_result((pg, server))
+                done.wait()
+        except BaseException as exc:  # noqa: BLE001 - pytest.fail's exception too: raised again by .result()
+            if not ready.done():
+                ready.set_exception(exc)
+
+    thread = threading.Thread(target=serve, name="tracking-stack", daemon=True)
+    thread.start()
+    yield ready
+    done.set()  # both servers stop in the thread, the MLflow server first
+    thread.join(timeout=60)
 
 
 @pytest.fixture(scope="session")
-def tracking_server(postgres_db, s3_server, tmp_path_factory):
+def postgres_db(tracking_stack):
+    """A throw-away PostgreSQL cluster for the session: MLflow's backend store."""
+    return tracking_stack.result(timeout=300)[0]
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tracking_stack):
     """MLflow's tracking server for the session, as deployed: infra/mlflow/mlflow-server.sh with the
-    PostgreSQL backend store and artifacts proxied to the moto S3 server (tests/servers.py)."""
-    from servers import mlflow_server
-
-    with mlflow_server(postgres_db, s3_server, REPO_ROOT, tmp_path_factory.mktemp("mlflow-server")) as server:
-        yield server
+    PostgreSQL backend store and artifacts proxied to the moto S3 server."""
+    return tracking_stack.result(timeout=300)[1]
 
 
 @pytest.fixture(scope="session")
-def champion_job(ray_cluster, ray_dashboard, s3_training_data, tracking_server, tmp_path_factory) -> dict:
+def champion_job(tracking_stack, ray_cluster, ray_dashboard, s3_training_data, tracking_server, tmp_path_factory) -> dict:
     """The champion's ``ray job submit``, started and not waited for (:func:`srresnet_champion` waits).
     :func:`champion_in_the_background` starts it as the session begins, so that the job's minute or
-    two of mostly waiting on Ray's start-up overlaps the single-threaded tests before its first user."""
+    two of mostly waiting on Ray's start-up overlaps the single-threaded tests before its first user.
+    ``tracking_stack`` comes first: the tracking servers start in a thread while the cluster starts."""
     train_uri, val_uri = s3_training_data
     work = tmp_path_factory.mktemp("champion")
     server = tracking_server["url"]

@@ -4,8 +4,8 @@ missing), MLflow's tracking server started by infra/mlflow/mlflow-server.sh with
 backend store and its artifacts on a moto S3 server. The session's champion was trained against it
 (a ``ray job submit`` of pipelines/train.py); here its record is read back from PostgreSQL itself
 (MLflow's client on the postgresql:// URI, and plain SQL), its artifacts are listed in the S3 bucket,
-and evaluation, the Serve endpoint and the bulk job load it through the same server from clients
-that cannot reach S3.
+and evaluation (from a client that cannot reach S3), the Serve endpoint and the bulk job load it
+through the same server.
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -123,7 +120,7 @@ def test_the_champion_is_tracked_in_postgresql_and_s3(srresnet_champion, postgre
     assert any(k.endswith("/training_state.pt") for k in _s3_keys(s3_server, bucket, f"{prefix}/e2e/")), f"no checkpoint in {champion.storage}/e2e/"
 
 
-def test_clients_without_s3_load_the_champion_through_the_server(srresnet_champion, repo_root, datasets_dir, s3_server, cli, tmp_path):
+def test_evaluation_serve_and_bulk_load_the_champion_through_the_server(srresnet_champion, datasets_dir, s3_server, cli, tmp_path):
     server = srresnet_champion.server["url"]
     # Evaluation resolves version 1 through the server, from a client that cannot reach S3.
     evaluate = cli("evaluate", "--model", f"models:/{MODEL_NAME}/1", "--tracking-uri", server, "--data", str(datasets_dir / "Set5"), "--json",
@@ -134,7 +131,7 @@ def test_clients_without_s3_load_the_champion_through_the_server(srresnet_champi
 
     # The Serve endpoint loads the same version through the server and answers an upscale request
     # (its replica running the generator on onnxruntime).
-    _serve_the_champion(repo_root, server, tmp_path)
+    _serve_the_champion(server)
 
     # The bulk job resolves it through the server too, and writes x4 images to S3.
     bucket = srresnet_champion.storage.removeprefix("s3://").split("/", 1)[0]
@@ -149,35 +146,27 @@ def test_clients_without_s3_load_the_champion_through_the_server(srresnet_champi
     assert out.size == (256, 192)
 
 
-def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
+def _serve_the_champion(server: str) -> None:
+    """The application pipelines/serve.py deploys, with the same options, deployed from this process on
+    the session cluster (no second import of torch, Ray and MLflow; the CLI's own start and stop are
+    tests/test_serving.py's). Its replica resolves the version through the server, exports it on the fly
+    and runs it on onnxruntime."""
     import httpx
     from ray import serve
 
     from srgan.core.images import decode_image, encode_image
     from srgan.core.inference import UpscalerOptions
+    from srgan.distributed.serving import APP_NAME, application
     from srgan.tracking.refs import load_upscaler
 
     port = _free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, str(repo_root / "pipelines" / "serve.py"), "--model", f"models:/{MODEL_NAME}/1",
-             "--tracking-uri", server, "--port", str(port), "--num-cpus", "0.25", "--refresh-interval", "0",
-             "--runtime", "onnxruntime"],  # the replica exports the version on the fly and runs it on onnxruntime
-            cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, env=_without_s3_credentials(dict(os.environ)),
-        )
     url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        deadline = time.time() + 240
-        while True:
-            assert proc.poll() is None, f"serve.py exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, f"the endpoint did not become healthy:\n{log.read_text()[-4000:]}"
-            time.sleep(0.5)
+        serve.run(application({"model": f"models:/{MODEL_NAME}/1", "tracking_uri": server, "num_cpus": 0.25,
+                               "refresh_interval_s": 0, "runtime": "onnxruntime"}),
+                  name=APP_NAME, route_prefix="/")  # returns once the replica is up and has loaded the model
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
         photo = _png(load_photo("astronaut.png")[200:248, 160:224])  # a 64x48 crop
         resp = httpx.post(f"{url}/v1/upscale", content=photo, headers={"Content-Type": "image/png"}, timeout=120)
         assert resp.status_code == 200, resp.text[:500]
@@ -189,13 +178,6 @@ def _serve_the_champion(repo_root: Path, server: str, tmp_path: Path) -> None:
         expected = encode_image(champion.upscale_image(decode_image(photo)), "png")
         assert _same_pixels(resp.content, expected)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # serve.py deletes its application (or shuts Serve down) and exits
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
         serve.shutdown()  # frees the replica's CPU share for the tests that follow on the shared cluster
 
 
