@@ -9,7 +9,8 @@ import torch
 from conftest import load_photo
 from srgan.config import config_from_dict
 from srgan.core.degrade import degrade
-from srgan.core.engine import DeviceMeans, comparison_grid, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step, validate
+from srgan.core.engine import (DeviceMeans, comparison_grid, cycle_batches, ema_update, lr_at, make_ema, make_optimizer, make_pair, srresnet_step,
+                               start_early, validate)
 from srgan.core.models import SRResNet
 from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
 
@@ -158,3 +159,29 @@ def test_steps_do_not_synchronise_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert np.isfinite(float(means.sums()[0]))
+
+
+def test_start_early_fetches_the_first_batch_while_the_caller_gets_on_and_keeps_order_and_errors():
+    import threading
+
+    fetched = threading.Event()
+
+    def source():
+        fetched.set()  # the slow start of a data pipeline
+        yield from range(5)
+
+    it = start_early(source())
+    assert fetched.wait(timeout=10)  # fetching began before anyone asked for an item
+    assert list(it) == [0, 1, 2, 3, 4]
+    assert list(start_early(iter([]))) == []
+
+    def broken():
+        raise RuntimeError("the training dataset produced no batches")
+        yield  # pragma: no cover - a generator
+
+    it = start_early(broken())
+    with pytest.raises(RuntimeError, match="produced no batches"):  # raised where the loop asks, not on the thread
+        next(it)
+    # As the training loop uses it: endless epochs, the first epoch's first batch fetched early.
+    epochs = start_early(cycle_batches(lambda epoch: iter([f"e{epoch}b0", f"e{epoch}b1"])))
+    assert [next(epochs) for _ in range(5)] == [(0, "e0b0"), (0, "e0b1"), (1, "e1b0"), (1, "e1b1"), (2, "e2b0")]

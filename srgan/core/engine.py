@@ -330,6 +330,36 @@ def comparison_grid(samples: list[tuple[Tensor, Tensor, Tensor]], val_dir: str, 
     return torch.cat(rows, dim=-2).permute(1, 2, 0).contiguous().numpy()
 
 
+def start_early(iterator: Iterator) -> Iterator:
+    """``iterator``, its first item already being fetched on a thread: a data pipeline that takes seconds
+    to start (Ray Data's read tasks and decode workers) warms up while the caller builds its nets and
+    restores a checkpoint. The source is only ever advanced by one thread at a time; an error in the
+    first fetch is raised at the first ``next()``, as it would have been without this."""
+    import threading
+
+    first: dict = {}
+
+    def fetch() -> None:
+        try:
+            first["item"] = next(iterator)
+        except BaseException as exc:  # noqa: BLE001 - StopIteration too: handed to the consumer
+            first["error"] = exc
+
+    thread = threading.Thread(target=fetch, name="first-batch", daemon=True)
+    thread.start()
+
+    def chained() -> Iterator:
+        thread.join()
+        if "error" in first:
+            if isinstance(first["error"], StopIteration):
+                return
+            raise first["error"]
+        yield first.pop("item")
+        yield from iterator
+
+    return chained()
+
+
 def cycle_batches(make_iterator) -> Iterator:
     """Endless batches from a re-iterable source (one pass = one epoch; the source reshuffles per pass)."""
     epoch = 0

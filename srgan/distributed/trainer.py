@@ -47,7 +47,8 @@ import torch
 from srgan.core.checkpoint import save_generator, state_fingerprint
 from srgan.config import Config, config_from_dict, flatten
 from srgan.core.engine import (
-    DeviceMeans, compile_module, cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, validate,
+    DeviceMeans, compile_module, cycle_batches, ema_update, lr_at, make_ema, make_optimizer, set_lr, srgan_step, srresnet_step, start_early,
+    validate,
 )
 from srgan.core.models import build_discriminator, build_generator
 from srgan.distributed.cluster import init_ray
@@ -134,6 +135,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     print(f"[srgan] worker rank {rank}/{world} pid {os.getpid()} device {device} {threads}", flush=True)
     torch.manual_seed(config.train.seed + rank)
 
+    # Ray Data's streaming execution takes seconds to start (read tasks, decode workers, the first
+    # reads): started now, it runs while the nets are built and the checkpoint or init_from loads.
+    per_worker = config.train.batch_size // world
+    shard = ray.train.get_dataset_shard("train")  # RAY
+    batches = start_early(cycle_batches(lambda epoch: _iter_crops(shard, config, per_worker, device, loop_config)))
+
     checkpoint = ray.train.get_checkpoint()  # RAY
     # A checkpoint (resume or restart after a failure) wins over init_from, which only starts a run.
     nets = _build_nets(config, device, "" if checkpoint is not None else loop_config["init_from"], loop_config["tracking_uri"])
@@ -158,9 +165,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model_d = ray.train.torch.prepare_model(nets.net_d) if gan else None  # RAY
 
     val_dir, val_degrade = _local_val_set(config) if rank == 0 else ("", False)
-    per_worker = config.train.batch_size // world
-    shard = ray.train.get_dataset_shard("train")  # RAY
-    batches = cycle_batches(lambda epoch: _iter_crops(shard, config, per_worker, device, loop_config))
 
     meter = _Throughput()
     meter.reset()
