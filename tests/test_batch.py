@@ -165,6 +165,7 @@ def test_bulk_parquet_shards_to_local_folder_reads_only_what_is_left(cli, ray_cl
         assert Image.open(out / (os.path.splitext(key)[0] + ".webp")).size == (4 * width, 4 * height)
 
 
+@pytest.mark.whole_cluster  # runs last: it waits for every CPU of the session cluster
 def test_a_stalled_execution_is_started_again_for_what_is_left(ray_cluster, tmp_path, checkpoint):
     """Every CPU of the cluster held by a placement group: nothing can run, and Ray Data's no-progress
     guard stops the execution after stall_timeout_s. The job says so in one line (free CPU 0), plans

@@ -36,7 +36,7 @@ def test_srgan_phase_from_the_champion(ray_cluster, cli, srresnet_champion):
     work, db = srresnet_champion.work, srresnet_champion.db
     client = MlflowClient(db, registry_uri=db)
     start_version = str(client.get_model_version_by_alias("srgan-generator", "champion").version)
-    steps, every = 8, 4
+    steps, every = 4, 2  # two validations and two checkpoints, as a longer run has
     run_dir = work / "runs" / "gan"
     args = [*srresnet_champion.args, *SMALL_D, "--phase", "srgan", "--init-from", srresnet_champion.ref, "--vgg-weights", "random",
             "--name", "gan", "--storage", str(work / "runs"), "--steps", str(steps), "--set", "loss.content_layer=relu2_2",
