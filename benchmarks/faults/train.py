@@ -584,6 +584,10 @@ def node_loss(run: Run) -> Outcome:
                 r["resumed"] = int(re.search(r"resumed from step (\d+)", training.text()[cut:]).group(1))
                 training.wait_for(rf"\[srgan\] step {r['resumed'] + 1}/", 300, after=cut)
                 r["recovery_s"] = time.monotonic() - t_join  # to within the 0.1 s poll
+                # Each rank's start line reaches the driver through Ray's log monitor, and rank 1's can
+                # come after rank 0's first step line (the order seen in a resume's console): wait for every rank's.
+                for rank in range(world):
+                    training.wait_for(rf"\[srgan\] worker rank {rank}/{world} pid \d+", 60, after=cut)
                 after = _worker_pids(training.text()[cut:], world)  # the new group's start lines
                 r["workers_on_second"] = len(after) == world and set(after.values()) <= set(node_processes(second_dir))
                 r["rc"] = training.wait(600)
