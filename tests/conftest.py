@@ -457,21 +457,28 @@ def tracking_stack(s3_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("mlflow-server")
     ready: concurrent.futures.Future = concurrent.futures.Future()
     done = threading.Event()
+    stop_errors: list[BaseException] = []
 
     def serve() -> None:
         try:
             with postgres() as pg, mlflow_server(pg, s3_server, REPO_ROOT, work) as server:
                 ready.set_result((pg, server))
                 done.wait()
-        except BaseException as exc:  # noqa: BLE001 - pytest.fail's exception too: raised again by .result()
-            if not ready.done():
-                ready.set_exception(exc)
+        except BaseException as exc:  # noqa: BLE001 - pytest.fail's exception too
+            if ready.done():
+                stop_errors.append(exc)  # raised by this fixture's teardown, as a stop failure was before
+            else:
+                ready.set_exception(exc)  # raised again by .result()
 
     thread = threading.Thread(target=serve, name="tracking-stack", daemon=True)
     thread.start()
     yield ready
     done.set()  # both servers stop in the thread, the MLflow server first
     thread.join(timeout=60)
+    if thread.is_alive():
+        pytest.fail("PostgreSQL and the MLflow server did not stop within 60 s")
+    if stop_errors:
+        raise stop_errors[0]
 
 
 @pytest.fixture(scope="session")
