@@ -92,7 +92,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated scenarios (see --list)")
     p.add_argument("--list", action="store_true", help="print the scenarios and exit")
     p.add_argument("--json", default=None, help="also write the outcomes as JSON to this path")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run (it is kept anyway when a scenario fails)")
     args = p.parse_args()
     scenarios = all_scenarios()
     if args.list:
@@ -129,7 +129,11 @@ def main() -> int:
                     _write_json(args.json, outcomes)
                 print(f"[reliability] {name}: {'pass' if outcome.passed else 'FAIL'} in {outcome.seconds:.0f} s", flush=True)
     finally:
-        if not args.keep:
+        # A failed scenario's consoles and server logs are what explain it: kept, with the rest.
+        failed_any = len(outcomes) < len(only) or any(not o.passed for o in outcomes)
+        if failed_any and not args.keep:
+            print(f"[reliability] a scenario failed: its logs stay in {workdir} (remove it when done)", flush=True)
+        elif not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     text = print_table(outcomes)
     failed = [o.name for o in outcomes if not o.passed]

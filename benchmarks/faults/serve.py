@@ -179,22 +179,35 @@ def hostile_kinds() -> list[Hostile]:
 async def _raw(url: str, head: str, parts: list[bytes], gap_s: float = 0.0, hang_up: bool = False,
                timeout: float = 120) -> tuple[int | None, bytes, dict[str, str]]:
     """One request over a raw socket: ``head`` then each part (``gap_s`` apart); (status, body, headers),
-    or (None, b"", {}) when we hang up without reading."""
+    or (None, b"", {}) when we hang up without reading.
+
+    A server may answer early (a 413 mid-upload) and close while we still send. Our next send then
+    fails with a reset, but the answer is already in our receive buffer, and an HTTP client reads it
+    (httpcore does). asyncio's streams drop that buffer once the transport has failed, so this works on
+    the socket itself. (With streams, a run once counted such a 413 as "no answer".)
+    """
+    import socket
+
+    loop = asyncio.get_running_loop()
     host, port = url.rsplit("/", 1)[-1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        writer.write(head.encode("latin-1"))
-        for part in parts:
-            await writer.drain()
-            if gap_s:
-                await asyncio.sleep(gap_s)
-            writer.write(part)
-        await writer.drain()
+        await loop.sock_connect(sock, (host, int(port)))
+        try:
+            await loop.sock_sendall(sock, head.encode("latin-1"))
+            for part in parts:
+                if gap_s:
+                    await asyncio.sleep(gap_s)
+                await loop.sock_sendall(sock, part)
+        except (BrokenPipeError, ConnectionResetError):
+            if hang_up:
+                return None, b"", {}
         if hang_up:
             return None, b"", {}
-        data = await asyncio.wait_for(reader.read(), timeout)
+        data = await asyncio.wait_for(_recv_all(loop, sock), timeout)
     finally:
-        writer.close()
+        sock.close()
     head_bytes, _, body = data.partition(b"\r\n\r\n")
     lines = head_bytes.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else None
@@ -202,6 +215,21 @@ async def _raw(url: str, head: str, parts: list[bytes], gap_s: float = 0.0, hang
     if headers.get("transfer-encoding") == "chunked":
         body = _dechunk(body)
     return status, body, headers
+
+
+async def _recv_all(loop: asyncio.AbstractEventLoop, sock) -> bytes:
+    """Everything the server sends until it closes; what arrived before a reset counts."""
+    data = b""
+    while True:
+        try:
+            block = await loop.sock_recv(sock, 1 << 16)
+        except ConnectionResetError:
+            if data:
+                return data
+            raise
+        if not block:
+            return data
+        data += block
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -194,22 +194,31 @@ def printed_losses(text: str) -> list[tuple[int, float]]:
     return [(int(s), float(v)) for s, v in re.findall(r"\[srgan\] step (\d+)/\d+ epoch \d+ loss ([0-9.e+-]+)", text)]
 
 
-def kill_worker(training: Training, run_dir: Path, *, after_step: int, world: int, timeout: float = 240) -> dict[str, int]:
+def kill_worker(training: Training, run_dir: Path, *, after_step: int, world: int, killed: tuple[int, ...] = (),
+                timeout: float = 240) -> dict[str, int]:
     """SIGKILL Train worker rank 1 once Ray has registered a checkpoint at or past ``after_step``;
-    returns the registered step and the last step printed before the kill."""
-    pid = int(training.wait_for(rf"\[srgan\] worker rank {world - 1}/{world} pid (\d+)", timeout, after=_last_start(training)).group(1))
+    returns the registered step and the last step printed before the kill.
+
+    The rank's pid is taken from its newest start line whose pid is not in ``killed`` (the workers
+    killed before: a restarted group's line then belongs to the new group). Where the line falls in
+    the console says nothing: Ray's log monitor can deliver it before or after rank 0's "resumed" line.
+    """
+    pattern = re.compile(rf"\[srgan\] worker rank {world - 1}/{world} pid (\d+)")
+
+    def new_pid() -> int | None:
+        pids = [int(p) for p in pattern.findall(training.text())]
+        fresh = [p for p in pids if p not in killed]
+        if not fresh and training.proc.poll() is not None:
+            raise RuntimeError(f"pipelines/train.py exited ({training.proc.returncode}) before rank {world - 1} of a new worker group "
+                               f"started:\n{training.text()[-3000:]}")
+        return fresh[-1] if fresh else None
+
+    pid = wait_until(new_pid, timeout, interval=0.1, what=f"a start line of rank {world - 1} with a pid not in {list(killed)}")
     step = wait_until(lambda: (s := registered_step(run_dir)) is not None and s >= after_step and s, timeout, interval=0.05,
                       what=f"a registered checkpoint at step >= {after_step}")
     losses = printed_losses(training.text())
     os.kill(pid, signal.SIGKILL)
     return {"registered": step, "last_printed": losses[-1][0] if losses else 0, "pid": pid}
-
-
-def _last_start(training: Training) -> int:
-    """Where the latest worker group's output starts (after the last restart), to find its pids."""
-    text = training.text()
-    marks = [m.end() for m in re.finditer(r"\[FailurePolicy\] RETRY|resumed from step \d+", text)]
-    return marks[-1] if marks else 0
 
 
 def mlflow_steps(url: str, name: str, key: str) -> tuple[str, list[int], list[float]]:
@@ -412,7 +421,8 @@ def _twice_killed(run: Run) -> dict:
     try:
         r["kills"].append(kill_worker(training, work / "runs" / name, after_step=every, world=2))
         first = training.wait_for(r"resumed from step (\d+)", 180)
-        r["kills"].append(kill_worker(training, work / "runs" / name, after_step=int(first.group(1)) + every, world=2))
+        r["kills"].append(kill_worker(training, work / "runs" / name, after_step=int(first.group(1)) + every, world=2,
+                                      killed=(r["kills"][0]["pid"],)))
         training.wait_for(r"resumed from step (\d+)", 180, after=first.end())
         r["rc"] = training.wait(400)
     finally:
@@ -626,6 +636,7 @@ def node_loss(run: Run) -> Outcome:
         "steps lost (last step printed before the kill - checkpoint resumed from)": f"{lost} ({r['last_printed']} - {r['resumed']})",
         "kill -> worker group failed; kill -> Ray Train's start-up timeout": f"{r['detect_s']:.0f} s; {r['waited_s']:.0f} s",
         "processes killed on the node": str(r["killed_processes"]),
+        "Ray Train's failure decisions (by source)": ", ".join(sources) or "none seen",
         "run time": f"{r['seconds']:.0f} s",
     })
     return out
