@@ -39,8 +39,16 @@ def test_weights_are_safetensors_not_pickle(tmp_path):
     assert meta["generator"] == {"scale": 2, "num_blocks": 2, "num_features": 8, "bicubic_skip": True}
 
 
-def test_load_from_s3(tmp_path, s3_server, s3_bucket):
+def test_load_from_s3(tmp_path, s3_server, s3_bucket, monkeypatch):
+    import tempfile
+
     import boto3
+
+    from srgan.tracking.refs import fetch_model, resolve_model
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temporary directory the load makes lands here
 
     net = _net()
     path = save_generator(tmp_path / "ck", net)
@@ -55,6 +63,10 @@ def test_load_from_s3(tmp_path, s3_server, s3_bucket):
     x = torch.rand(1, 3, 6, 6)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
+    assert sorted(scratch.iterdir()) == []  # the download went once the weights were loaded
+    # fetch_model alone hands the caller a download of its own, which stays until the caller removes it.
+    kept = fetch_model(resolve_model(f"s3://{s3_bucket}/models/run1"))
+    assert kept.parent.parent == scratch and sorted(p.name for p in kept.iterdir()) == [META_FILE, WEIGHTS_FILE]
 
 
 def test_errors_are_one_line(tmp_path):

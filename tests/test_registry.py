@@ -14,7 +14,14 @@ from srgan.tracking.registry import register_generator
 from srgan.tracking.runs import MetricLogger, open_run, resolve_tracking_uri
 
 
-def test_champion_moves_only_when_better(tmp_path, mlflow_db):
+def test_champion_moves_only_when_better(tmp_path, mlflow_db, monkeypatch):
+    import tempfile
+
+    from srgan.tracking.refs import load_upscaler
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temporary directory the loads make lands here
     uri = resolve_tracking_uri(mlflow_db)
     run_id, resumed = open_run(uri, experiment="exp", run_key="k1", run_name="r1")
     assert not resumed
@@ -33,6 +40,10 @@ def test_champion_moves_only_when_better(tmp_path, mlflow_db):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), nets[10].state_dict().values()))
     champion, _ = load_generator_ref("models:/gen@champion", tracking_uri=uri)
     assert all(torch.equal(a, b) for a, b in zip(champion.state_dict().values(), nets[30].state_dict().values()))
+    upscaler = load_upscaler("models:/gen@champion", tracking_uri=uri)
+    assert (upscaler.source.uri, upscaler.version) == ("models:/gen/3", "3")
+    # The downloads were removed once loaded (a replica, bulk actor or worker loads models over and over).
+    assert sorted(scratch.iterdir()) == []
     files = sorted(a.path for a in client.list_artifacts(run_id, "generator/step_10"))
     assert files == ["generator/step_10/checkpoint.json", "generator/step_10/generator.safetensors"]
 

@@ -64,7 +64,6 @@ import io
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -90,7 +89,7 @@ from srgan.config import OPTIONS, Float, Int, NonNegativeFloat, NonNegativeInt, 
 from srgan.core.checkpoint import load_generator
 from srgan.core.images import DecodedImage, ImageError, ImageLimits, decode_image, encode_image
 from srgan.core.inference import Upscaler, UpscalerOptions, weights_digest
-from srgan.tracking.refs import DEFAULT_MODEL, RUNTIMES, ModelSource, fetch_model, load_upscaler, resolve_model
+from srgan.tracking.refs import DEFAULT_MODEL, RUNTIMES, ModelSource, fetched_model, load_upscaler, resolve_model
 
 __all__ = ["ServeOptions", "ModelConfig", "UpscaleService", "build_app", "application", "run_server", "APP_NAME", "DEPLOYMENT_NAME"]
 
@@ -721,12 +720,8 @@ class UpscaleService:
         """Name, version and scale of a model without keeping it loaded (cached by the pinned URI)."""
         source = resolve_model(ref, tracking_uri=self.config.tracking_uri)
         if source.uri not in self._cards:
-            local = fetch_model(source)
-            try:
+            with fetched_model(source) as local:
                 net_g, _ = load_generator(local)
-            finally:
-                if str(local) != source.uri:  # a download of our own
-                    shutil.rmtree(local, ignore_errors=True)
             version = source.version or weights_digest(net_g)
             self._cards[source.uri] = _ModelCard(source.name, version, net_g.config.scale, source.uri)
         return self._cards[source.uri]

@@ -144,7 +144,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # RAY
     # A checkpoint (resume or restart after a failure) wins over init_from, which only starts a run.
     nets = _build_nets(config, device, "" if checkpoint is not None else loop_config["init_from"], loop_config["tracking_uri"])
-    content_loss = build_content_loss(config.loss, vgg_weights=fetch_weights_file(config.loss.vgg_weights)).to(device) if gan else None
+    # Remote VGG weights and the validation set are downloaded here; the directory goes when the loop ends
+    # (or, if it raises, when the worker's process exits).
+    scratch = tempfile.TemporaryDirectory(prefix="srgan-worker-")
+    content_loss = build_content_loss(config.loss, vgg_weights=fetch_weights_file(config.loss.vgg_weights, into=scratch.name)).to(device) if gan else None
     logger = _rank0_logger(loop_config) if rank == 0 else None
 
     step = 0
@@ -164,7 +167,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model_g = ray.train.torch.prepare_model(nets.net_g)  # RAY: DDP across workers (gloo on CPU, nccl on GPU)
     model_d = ray.train.torch.prepare_model(nets.net_d) if gan else None  # RAY
 
-    val_dir, val_degrade = _local_val_set(config) if rank == 0 else ("", False)
+    val_dir, val_degrade = _local_val_set(config, scratch.name) if rank == 0 else ("", False)
 
     meter = _Throughput()
     meter.reset()
@@ -218,6 +221,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[srgan] stopped at step {step}: train.time_limit_min={config.train.time_limit_min} reached (re-run to continue)", flush=True)
     if logger is not None:
         logger.close(timeout_s=loop_config["tracking_wait_s"])
+    scratch.cleanup()
 
 
 def _format_losses(losses: dict[str, float]) -> str:
@@ -324,13 +328,13 @@ def _log_skips(logger, counter_name: str, step: int) -> None:
     logger.log(metrics, step)
 
 
-def _local_val_set(config: Config) -> tuple[str, bool]:
-    """The validation set as a local directory (downloaded once if remote), and whether LR must be made."""
+def _local_val_set(config: Config, scratch: str) -> tuple[str, bool]:
+    """The validation set as a local directory (downloaded once into ``scratch`` if remote), and whether LR must be made."""
     from srgan.io.storage import fetch_to_local
 
     from srgan.core.evaluation import find_pairs
 
-    local = fetch_to_local(config.data.val, s3_endpoint=config.data.s3_endpoint)
+    local = fetch_to_local(config.data.val, s3_endpoint=config.data.s3_endpoint, into=scratch)
     has_lr = (Path(local) / "LR_bicubic" / f"X{config.model.scale}").is_dir()
     find_pairs(local, scale=config.model.scale, use_degrade=not has_lr)  # fail now, not at the first validation
     return str(local), not has_lr

@@ -109,15 +109,16 @@ def resolve(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
-def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> Path:
+def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None, into: str | os.PathLike | None = None) -> Path:
     """Make ``uri`` (a file or a directory) available as a local path, downloading if remote.
 
-    Local paths are returned as they are. Remote objects land in a fresh temporary directory that
-    the caller owns. Registry references (``models:/``) are not storage: see :mod:`srgan.tracking.refs`.
+    Local paths are returned as they are. Remote objects land in ``into`` (an existing directory the
+    caller removes), else in a fresh temporary directory that the caller owns: the returned path's
+    parent. Registry references (``models:/``) are not storage: see :mod:`srgan.tracking.refs`.
     """
     uri = str(uri)
     if uri.startswith(("http://", "https://")):
-        dest = Path(tempfile.mkdtemp(prefix="srgan-fetch-")) / Path(urllib.parse.urlparse(uri).path).name
+        dest = _download_dir(into) / Path(urllib.parse.urlparse(uri).path).name
         with urllib.request.urlopen(uri, timeout=60) as resp, open(dest, "wb") as out:  # noqa: S310 (explicit user URI)
             shutil.copyfileobj(resp, out)
         return dest
@@ -128,18 +129,23 @@ def fetch_to_local(uri: str | os.PathLike, *, s3_endpoint: str | None = None) ->
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri} does not exist")
     # copy_files handles a single object and a whole prefix alike, but wants a prefix's target to exist.
-    dest = Path(tempfile.mkdtemp(prefix="srgan-fetch-")) / Path(path).name
+    dest = _download_dir(into) / Path(path).name
     if info.type == pafs.FileType.Directory:
         dest.mkdir()
     pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return dest
 
 
-def fetch_weights_file(source: str | None) -> str | None:
+def _download_dir(into: str | os.PathLike | None) -> Path:
+    return Path(into) if into is not None else Path(tempfile.mkdtemp(prefix="srgan-fetch-"))
+
+
+def fetch_weights_file(source: str | None, *, into: str | os.PathLike | None = None) -> str | None:
     """The VGG19 weights spec as a local file, for :func:`srgan.core.losses.build_content_loss`.
 
     ``"imagenet"`` (or ``None``): torchvision's cached file, downloaded once per node if missing
-    (:func:`srgan.io.weights.ensure_vgg19_cached`); a remote URI (``s3://``, ``https://``): a local copy;
+    (:func:`srgan.io.weights.ensure_vgg19_cached`); a remote URI (``s3://``, ``https://``): a local copy
+    in ``into`` (else in a temporary directory the caller owns, see :func:`fetch_to_local`);
     ``"random"`` and local paths pass through.
 
     Raises:
@@ -155,7 +161,7 @@ def fetch_weights_file(source: str | None) -> str | None:
     if source == "random" or "://" not in source or source.startswith("file://"):
         return source
     try:
-        path = fetch_to_local(source)
+        path = fetch_to_local(source, into=into)
     except (FileNotFoundError, OSError) as exc:
         raise VGGWeightsNotFoundError(f"VGG19 weights not found at {source}: {exc}") from exc
     return str(path)

@@ -9,7 +9,9 @@ A reference is what a user types after ``--model`` or ``--init-from``:
   ``pipelines/export.py``): loadable with the onnxruntime runtime only.
 
 :func:`resolve_model` pins a reference without loading weights (a :class:`ModelSource`);
-:func:`fetch_model` makes a pinned source a local directory; the core's
+:func:`fetched_model` makes a pinned source a local directory for as long as the loading takes (a
+download goes into a temporary directory that is removed after it; :func:`fetch_model` keeps it for
+a caller that removes it itself); the core's
 :func:`srgan.core.checkpoint.load_generator` reads local directories only. Every caller that must
 agree on the weights (the driver's check and each Train worker, each Serve replica, each bulk actor)
 resolves once and passes the pinned ``ModelSource.uri`` on, so an alias that moves meanwhile changes
@@ -22,7 +24,10 @@ With ``onnxruntime`` an export directory is loaded as it is, and a checkpoint is
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +41,7 @@ from srgan.export import SIDECAR_FILE as EXPORT_SIDECAR  # srgan.export imports 
 from srgan.tracking.runs import resolve_tracking_uri
 
 __all__ = ["ModelSource", "MODELS_PREFIX", "DEFAULT_MODEL", "RUNTIMES", "is_registry_ref", "parse_registry_ref", "resolve_model",
-           "fetch_model", "load_generator_ref", "load_upscaler"]
+           "fetch_model", "fetched_model", "load_generator_ref", "load_upscaler"]
 
 MODELS_PREFIX = "models:/"
 DEFAULT_MODEL = "models:/srgan-generator@champion"  # the alias the training pipeline moves
@@ -137,20 +142,32 @@ def resolve_model(ref: str | os.PathLike | ModelSource, *, tracking_uri: str | N
     return _checkpoint_source(ref, s3_endpoint)
 
 
-def fetch_model(source: ModelSource, *, s3_endpoint: str | None = None) -> Path:
-    """The pinned source as a local checkpoint directory (downloaded into a fresh temporary directory
-    that the caller owns, unless it is local already)."""
+def fetch_model(source: ModelSource, *, s3_endpoint: str | None = None, into: str | os.PathLike | None = None) -> Path:
+    """The pinned source as a local checkpoint directory: a local source as it is; a download in
+    ``into`` (an existing directory), else in a fresh temporary directory that the caller owns."""
     if is_registry_ref(source.uri):
         from srgan.tracking.registry import download_version
 
         name, _, version = parse_registry_ref(source.uri)
-        return download_version(source.tracking_uri or resolve_tracking_uri(None), name, version)
+        return download_version(source.tracking_uri or resolve_tracking_uri(None), name, version, into=into)
     from srgan.io.storage import fetch_to_local
 
     try:
-        return fetch_to_local(source.uri, s3_endpoint=s3_endpoint)
+        return fetch_to_local(source.uri, s3_endpoint=s3_endpoint, into=into)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {source.uri} does not exist") from None
+
+
+@contextlib.contextmanager
+def fetched_model(source: ModelSource, *, s3_endpoint: str | None = None) -> Iterator[Path]:
+    """:func:`fetch_model` for the duration of a ``with`` block: a download is removed after it.
+
+    Loading reads the weights into memory (and an onnxruntime session holds its whole graph), so
+    the files are not needed once the block has loaded them. Without this, every replica start,
+    bulk actor and worker restart would leave a copy of the model in the temporary directory.
+    """
+    with tempfile.TemporaryDirectory(prefix="srgan-model-") as scratch:
+        yield fetch_model(source, s3_endpoint=s3_endpoint, into=scratch)
 
 
 def _not_an_export(local: Path, source: ModelSource) -> Path:
@@ -164,15 +181,13 @@ def load_generator_ref(ref: str | os.PathLike | ModelSource, *, map_location: st
                        s3_endpoint: str | None = None) -> tuple[SRResNet, GeneratorCheckpoint]:
     """Resolve, fetch and load a generator from any reference (in eval mode)."""
     source = resolve_model(ref, tracking_uri=tracking_uri, s3_endpoint=s3_endpoint)
-    local = _not_an_export(fetch_model(source, s3_endpoint=s3_endpoint), source)
-    net_g, info = load_generator(local, map_location=map_location)
+    with fetched_model(source, s3_endpoint=s3_endpoint) as local:
+        net_g, info = load_generator(_not_an_export(local, source), map_location=map_location)
     return net_g, GeneratorCheckpoint(generator=info.generator, config=info.config, metadata=info.metadata, path=source.uri)
 
 
 def _onnx_generator(local: Path, source: ModelSource):
     """The onnxruntime generator of a fetched reference: an export as it is, a checkpoint exported now."""
-    import tempfile
-
     from srgan.core.inference import weights_digest
     from srgan.export import export_onnx, is_export_dir, load_exported, max_error
 
@@ -208,12 +223,12 @@ def load_upscaler(ref: str | os.PathLike | ModelSource, *, runtime: str = "torch
     if runtime == "onnxruntime" and options.device not in ("auto", "cpu"):
         raise ConfigError(f"the onnxruntime runtime runs on the CPU, not {options.device}: use --device cpu, or --runtime torch for {options.device}")
     source = resolve_model(ref, tracking_uri=tracking_uri)
-    local = fetch_model(source)
-    if runtime == "onnxruntime":
-        gen, info = _onnx_generator(local, source)
-        upscaler = Upscaler(gen, options=options, model_info=info)
-    else:
-        net_g, info = load_generator(_not_an_export(local, source), map_location="cpu")
-        upscaler = Upscaler(net_g, options=options, model_info=info)
+    with fetched_model(source) as local:
+        if runtime == "onnxruntime":
+            gen, info = _onnx_generator(local, source)
+            upscaler = Upscaler(gen, options=options, model_info=info)
+        else:
+            net_g, info = load_generator(_not_an_export(local, source), map_location="cpu")
+            upscaler = Upscaler(net_g, options=options, model_info=info)
     upscaler.source = source
     return upscaler

@@ -148,13 +148,14 @@ def model_version(tracking_uri: str, name: str, *, alias: str | None = None, ver
     return client.get_model_version(name, version)
 
 
-def download_version(tracking_uri: str, name: str, version: str) -> Path:
-    """Download version ``version`` of ``name`` into a fresh local directory; with a tracking server
-    that stores artifacts behind its proxy, the download goes through the server."""
+def download_version(tracking_uri: str, name: str, version: str, *, into: str | Path | None = None) -> Path:
+    """Download version ``version`` of ``name`` into ``into`` (an existing directory the caller
+    removes), else into a fresh temporary directory the caller owns; with a tracking server that
+    stores artifacts behind its proxy, the download goes through the server."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    dest = Path(tempfile.mkdtemp(prefix="srgan-model-"))
+    dest = Path(into) if into is not None else Path(tempfile.mkdtemp(prefix="srgan-model-"))
     try:
         source = model_version(tracking_uri, name, version=version).source
         path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking_uri)
