@@ -109,7 +109,7 @@ def test_weights_from_path_uri_and_cache(vgg_file, vgg_state, tmp_path, monkeypa
     assert torch.equal(loss_fn.features[0].weight, vgg_state[key])
 
 
-def test_weights_from_s3(vgg_file, vgg_state, s3_server, s3_bucket):
+def test_weights_from_s3(vgg_file, vgg_state, s3_server, s3_bucket, tmp_path):
     import boto3
 
     boto3.client("s3", endpoint_url=s3_server).upload_file(str(vgg_file), s3_bucket, "weights/vgg19.pth")
@@ -117,7 +117,9 @@ def test_weights_from_s3(vgg_file, vgg_state, s3_server, s3_bucket):
     uri = f"s3://{s3_bucket}/weights/vgg19.pth"
     with pytest.raises(VGGWeightsNotFoundError, match="is remote"):  # the core reads local files only
         load_vgg19_state_dict(uri)
-    state = load_vgg19_state_dict(fetch_weights_file(uri))
+    local = fetch_weights_file(uri, into=tmp_path)  # a Train worker passes its scratch directory
+    assert local == str(tmp_path / "vgg19.pth")
+    state = load_vgg19_state_dict(local)
     assert torch.equal(state["features.0.weight"], vgg_state["features.0.weight"])
 
 
