@@ -174,6 +174,20 @@ def test_bad_serve_flags_are_one_line_errors(cli, tmp_path, checkpoint, args, ma
 # ------------------------------------------------------------------------------------------ the endpoint
 
 
+def test_a_stopping_replica_counts_its_requests_every_200_ms(server):
+    """Serve's default has a stopping replica sleep 2 s before its first count of in-flight requests,
+    so every stop of an idle replica waited 2 s for nothing. The running deployment (as Serve's
+    controller holds it) polls every DRAIN_POLL_S; in-flight requests still get Serve's 20 s."""
+    from ray.serve.context import _get_global_client
+
+    from srgan.distributed.serving import APP_NAME, DEPLOYMENT_NAME, DRAIN_POLL_S
+
+    details = _get_global_client().get_serve_details()
+    config = details["applications"][APP_NAME]["deployments"][DEPLOYMENT_NAME]["deployment_config"]
+    assert config["graceful_shutdown_wait_loop_s"] == DRAIN_POLL_S == 0.2
+    assert config["graceful_shutdown_timeout_s"] == 20
+
+
 def test_health_and_models(http, checkpoint, reference, other_checkpoints):
     health = http.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -622,6 +636,7 @@ def test_deployment_options_from_args():
     fixed = ServeOptions.from_args({"num_replicas": 3, "num_gpus": 1, "max_ongoing_requests": 16}).deployment_options()
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
     assert fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1} and fixed["max_ongoing_requests"] == 16
+    assert fixed["graceful_shutdown_wait_loop_s"] == 0.2  # not Serve's 2 s (see the test of the running deployment)
     auto = ServeOptions.from_args({"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3}).deployment_options()
     assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3}
     assert "num_replicas" not in auto and auto["user_config"]["model"] == "models:/srgan-generator@champion"

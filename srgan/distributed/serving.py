@@ -103,6 +103,7 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MULTIPART_OVERHEAD = 64 * 1024
 # ImageError.kind -> HTTP status.
 STATUS_FOR_KIND = {"too_large": 413, "unsupported": 415, "corrupt": 400}
+DRAIN_POLL_S = 0.2  # how often a stopping replica checks that its in-flight requests have finished
 # Serve's HTTP proxy reads this header (also spelled with hyphens) and routes the request to a replica
 # that already holds that model; the replica reads it back with serve.get_multiplexed_model_id().
 MODEL_HEADER = "serve_multiplexed_model_id"
@@ -233,6 +234,10 @@ class ServeOptions:
             "backpressure_config": {"status_code": 503, "retry_after_s": float(self.retry_after_s)},
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "user_config": asdict(self.model_config),
+            # A stopping replica sleeps this long before it first counts its in-flight requests, then
+            # again between counts (Serve's default 2 s): every stop, idle or not, waited 2 s for nothing.
+            # In-flight requests still finish, within Serve's graceful_shutdown_timeout_s (20 s).
+            "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
         }
         if self.replica_range is not None:
             low, high = self.replica_range
