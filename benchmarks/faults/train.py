@@ -35,6 +35,7 @@ served by it) that a scenario can kill and start again on the same port.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -90,6 +91,9 @@ class TrackingServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / "mlflow-server.log"
         self.proc: subprocess.Popen | None = None
+        # In its own process group, a server outlives the harness unless killed: a scenario that raised
+        # before its own kill() once left one (and its 7 job workers) running for an hour.
+        atexit.register(self.kill)
 
     def start(self) -> float:
         """Start it; returns the seconds until its port answered."""
