@@ -199,13 +199,22 @@ def start_ray_head(temp_dir: Path, *, num_cpus: int = 2, dashboard: bool = False
     }
 
 
-def stop_ray_head(temp_dir: Path) -> None:
+def stop_ray_head(temp_dir: Path, address: str | None = None) -> None:
     """Stop only the cluster whose processes run under ``temp_dir`` (``ray stop`` would stop every Ray
     cluster on the machine). A test cluster has nothing to flush: its raylet and dashboard took the
-    whole 2 s grace of a SIGTERM at every session's end, so they get a short one."""
+    whole 2 s grace of a SIGTERM at every session's end, so they get a short one. The head's Ray
+    Client server names no temp dir and is no raylet's child: it is found by the GCS ``address``
+    (each session used to leave one running)."""
     from servers import stop_process_trees
 
     stop_process_trees(str(temp_dir), grace_s=0.3)
+    if address is not None:
+        stop_process_trees(ray_client_server_pattern(address), grace_s=0.3)
+
+
+def ray_client_server_pattern(address: str) -> str:
+    """What the command line of the Ray Client server of the cluster at ``address`` holds."""
+    return f"ray.util.client.server --address={address} "
 
 
 RAY_SESSION: dict = {}  # the session cluster's address, dashboard URL and temp dir
@@ -237,7 +246,7 @@ def ray_cluster(s3_server):
     ray.init(address=env["RAY_ADDRESS"], log_to_driver=False)
     yield env["RAY_ADDRESS"]
     ray.shutdown()
-    stop_ray_head(temp_dir)
+    stop_ray_head(temp_dir, head["address"])
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

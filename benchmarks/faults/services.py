@@ -77,6 +77,8 @@ def ray_head(temp_dir: Path, *, num_cpus: int = 2, resources: str | None = None)
         if ray is not None and ray.is_initialized() and ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1] == str(ports["port"]):
             ray.shutdown()
         kill_matching(str(temp_dir))
+        # The Ray Client server names no temp dir and is no raylet's child: found by the GCS address.
+        kill_matching(f"ray.util.client.server --address=127.0.0.1:{ports['port']} ")
 
 
 def ray_worker_node(address: str, temp_dir: Path, *, num_cpus: int = 1, resources: str | None = None) -> dict[str, str]:
