@@ -147,7 +147,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Remote VGG weights and the validation set are downloaded here; the directory goes when the loop ends
     # (or, if it raises, when the worker's process exits).
     scratch = tempfile.TemporaryDirectory(prefix="srgan-worker-")
-    content_loss = build_content_loss(config.loss, vgg_weights=fetch_weights_file(config.loss.vgg_weights, into=scratch.name)).to(device) if gan else None
+    for part in ("vgg", "val"):  # one folder each: a remote weights file and val set may share a name
+        (Path(scratch.name) / part).mkdir()
+    content_loss = build_content_loss(config.loss, vgg_weights=fetch_weights_file(config.loss.vgg_weights, into=Path(scratch.name) / "vgg")).to(device) if gan else None
     logger = _rank0_logger(loop_config) if rank == 0 else None
 
     step = 0
@@ -167,7 +169,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model_g = ray.train.torch.prepare_model(nets.net_g)  # RAY: DDP across workers (gloo on CPU, nccl on GPU)
     model_d = ray.train.torch.prepare_model(nets.net_d) if gan else None  # RAY
 
-    val_dir, val_degrade = _local_val_set(config, scratch.name) if rank == 0 else ("", False)
+    val_dir, val_degrade = _local_val_set(config, str(Path(scratch.name) / "val")) if rank == 0 else ("", False)
 
     meter = _Throughput()
     meter.reset()
