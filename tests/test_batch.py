@@ -207,6 +207,40 @@ def test_a_stalled_execution_is_started_again_for_what_is_left(ray_cluster, tmp_
     assert files == sorted(_out_key(k) for k in keys)
 
 
+@pytest.mark.whole_cluster  # runs last: it holds all but half a CPU of the session cluster
+def test_shards_are_read_while_less_than_one_cpu_is_free(ray_cluster, tmp_path, checkpoint):
+    """Ray 2.60's read_parquet lists its paths in a task that asks for a whole CPU: with the bulk job's
+    own actor holding the rest, that task never started (a CI run stalled 3 x 120 s with 0.75 CPU
+    free). The project's shard reader needs only the read's fraction, so a bulk job and a training
+    epoch over shards both finish with half a CPU free."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from srgan.distributed.ingest import build_train_dataset
+
+    src, shards, out = tmp_path / "src", tmp_path / "shards", tmp_path / "out"
+    for key, spec in GOOD.items():
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(_good_bytes(*spec))
+    pack_images(str(src), str(shards), images_per_shard=4)
+    blocker = placement_group([{"CPU": ray.cluster_resources()["CPU"] - 0.5}])
+    ray.get(blocker.ready(), timeout=60)
+    try:
+        # One actor (0.25 CPU) and reads of 0.25 CPU fit; a task of 1 CPU would wait for ever.
+        config = BulkUpscaleConfig(input=str(shards), output=str(out), model=str(checkpoint), num_cpus=0.25,
+                                   stall_timeout_s=20, stall_retries=0)
+        lines: list[str] = []
+        summary = run_bulk_upscale(config, report=lines.append)
+        assert (summary.done, summary.failed, summary.skipped) == (len(GOOD), 0, 0), (summary.line(), lines)
+        ds = build_train_dataset(str(shards), crop_size=32, crops_per_image=2, num_cpus=0.25,
+                                 skip_counter_name=f"skips-{tmp_path.name}")
+        ds.context.execution_no_progress_timeout_s = 20
+        rows = ds.take_all()
+        assert len(rows) == 2 * len(GOOD) and all(row["gt"].shape == (3, 32, 32) for row in rows)
+    finally:
+        remove_placement_group(blocker)
+
+
 def test_plan_reads_only_shards_with_work_and_filters_their_done_rows():
     located = {"s1/a.png": "shard-1", "s1/b.png": "shard-1", "s1/b.jpg": "shard-1", "s2/c.png": "shard-2", "s3/d.png": "shard-3"}
     plan = plan_from_listing(located, parquet=True, fmt="png", existing={"s1/a.png", "s2/c.png"})

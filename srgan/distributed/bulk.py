@@ -3,9 +3,9 @@
     plan, on the driver (no Ray): list the inputs (an image prefix at any depth, or Parquet shards made
         by pipelines/prepare.py), map each key to its output key (same relative key, the output
         format's extension), list the output prefix once: inputs whose output exists are skipped
-      -> read_binary_files / read_parquet        only what is left to do: the path list holds only the
-                                                 images (or shards) with work left, and a Parquet filter
-                                                 drops the done rows of half-done shards in the read
+      -> read_binary_files / parquet_shards      only what is left to do: the path list holds only the
+                                                 images (or shards) with work left, and the shard reader
+                                                 drops the done rows of half-done shards as it reads
       -> map_batches(UpscaleBatch, actor pool)   the generator loaded once per actor (num_gpus per actor
                                                  with gpu); decode, upscale (same-size images share a
                                                  forward pass, large ones are tiled), encode, write to
@@ -218,7 +218,7 @@ class Plan:
     by :func:`output_key`, so no key -> output map is ever shipped). ``source_paths``: the image paths
     (filesystem form) of ``todo``, or the Parquet shards holding at least one ``todo`` key.
     ``excluded_keys``: for shards, the keys in ``source_paths`` that are not to be processed (done
-    already, or the losing side of a collision); the read drops them (a Parquet filter), so its size is
+    already, or the losing side of a collision); the shard reader drops them as it reads, so its size is
     bounded by the shards a previous run left half done, not by the dataset.
     """
 
@@ -411,12 +411,11 @@ def _dataset(config: BulkUpscaleConfig, plan: Plan, source: ModelSource):
 
     read_cpus = 0.25  # reading is I/O: fractional CPUs leave the cores to the actors
     if plan.parquet:
-        ds = ray.data.read_parquet(plan.source_paths, filesystem=plan.in_fs, columns=["path", "image"], partitioning=None, num_cpus=read_cpus)
-        if plan.excluded_keys:
-            from ray.data.expressions import col  # RAY
+        from srgan.distributed.ingest import parquet_shards
 
-            # RAY: pushed down into the Parquet read (rows dropped as each shard is scanned).
-            ds = ds.filter(expr=col("path").not_in(plan.excluded_keys))
+        # Rows already done are dropped as each shard is read (a shard all done was left out at planning).
+        shards = parquet_shards(plan.source_paths, filesystem=plan.in_fs, columns=["path", "image"], exclude_keys=plan.excluded_keys)
+        ds = ray.data.read_datasource(shards, num_cpus=read_cpus)
     else:
         # A file removed since listing is dropped here and reported as missing by the driver.
         ds = ray.data.read_binary_files(plan.source_paths, filesystem=plan.in_fs, include_paths=True, ignore_missing_paths=True, num_cpus=read_cpus)
@@ -473,7 +472,7 @@ def _execute(config: BulkUpscaleConfig, store: OutputStore, plan: Plan, source: 
         except ExecutionTimeoutError as exc:
             attempt += 1
             if attempt > config.stall_retries:
-                raise RuntimeError(f"the bulk job made no progress for {config.stall_timeout_s:.0f} s, {attempt} times "
+                raise RuntimeError(f"the bulk job made no progress for {config.stall_timeout_s:.0f} s, {'once' if attempt == 1 else f'{attempt} times'} "
                                    f"({_stall_detail(exc)}); rerun the same command to continue (done outputs are kept)") from None
             todo = _left_to_do(config, store, plan, seen, summary)
             report(f"WARNING: no progress for {config.stall_timeout_s:.0f} s ({_stall_detail(exc)}); "

@@ -3,7 +3,7 @@
 One epoch, as Ray Data runs it::
 
     list the files once, on the driver (srgan.io.datasets: list_images / the shards of a packed prefix)
-      -> _image_files / read_parquet           tasks of up to 1,024 objects (or a shard), read on 8 threads;
+      -> _image_files / parquet_shards         tasks of up to 1,024 objects (or a shard), read on 8 threads;
                                                the file order is reshuffled at every epoch
       -> map_batches(decode + crop)            fused into those tasks, a core each; bad objects skipped and counted
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
@@ -163,6 +163,40 @@ def _raw_shards(paths: list[str], *, filesystem, shuffle: Any, crop_size: int, c
     return RawShards(paths, filesystem=filesystem, shuffle=shuffle)
 
 
+def parquet_shards(paths: list[str], *, filesystem, shuffle: Any = None, columns: list[str] | None = None,
+                   exclude_keys: Iterable[str] = ()):
+    """A Ray Data datasource of the rows of packed Parquet shards, read one row group at a time in the
+    read tasks (``ray.data.read_datasource(..., num_cpus=...)``); rows whose ``path`` is in
+    ``exclude_keys`` are dropped as each row group is read (the bulk job's inputs already done).
+
+    Not ``ray.data.read_parquet``: Ray 2.60's Parquet reader lists the paths in a task of its own that
+    asks for a whole CPU, whatever the read's ``num_cpus``. Where less than one CPU is free (a bulk
+    job's own actors, Train workers on a small machine) that task never starts and the read stalls:
+    a CI run's bulk job waited three times 120 s with 0.75 CPU free. These shards are listed on the
+    driver (one listing of their common prefix), so the read needs no task but the reads."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from ray.data.datasource import FileBasedDatasource
+
+    excluded = pa.array(sorted(set(exclude_keys)), type=pa.string())
+
+    class ParquetShards(FileBasedDatasource):  # RAY
+        def _open_input_source(self, filesystem, path, **open_args):
+            return filesystem.open_input_file(path)  # random access: a row group is one ranged read on S3
+
+        def _read_stream(self, f, path):
+            shard = pq.ParquetFile(f)
+            for i in range(shard.num_row_groups):
+                table = shard.read_row_group(i, columns=columns)
+                if len(excluded):
+                    table = table.filter(pc.invert(pc.is_in(table["path"], value_set=excluded)))
+                if table.num_rows:
+                    yield table
+
+    return ParquetShards(paths, filesystem=filesystem, shuffle=shuffle)
+
+
 def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any):
     """A Ray Data datasource of ``{"bytes", "path"}`` rows, one per file, that reads each task's files
     on a few threads: a GET to S3 waits tens of milliseconds, and a task that read one object at a time
@@ -305,8 +339,8 @@ def build_train_dataset(
         return ray.data.read_datasource(source, num_cpus=num_cpus)
     if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
-        ds = ray.data.read_parquet(shards, filesystem=fs, partitioning=None, shuffle=shuffle, num_cpus=num_cpus)
-        ds = ds.select_columns(list(SHARD_COLUMNS))
+        ds = ray.data.read_datasource(parquet_shards(shards, filesystem=fs, shuffle=shuffle, columns=list(SHARD_COLUMNS)),
+                                      num_cpus=num_cpus)
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
         fs, root, images = list_image_infos(uri, s3_endpoint)
