@@ -8,6 +8,8 @@
 - listing: many small objects on moto, as a raw prefix and as Parquet shards of the same objects: time
   to the first batch (listing included) and the steady rate after it. BENCHMARKS.md extrapolates them
   to ImageNet's 1.28 M objects.
+- shard-reader: the project's Parquet shard reader against ray.data.read_parquet on the same shards
+  (rows/s of an epoch, target >= 0.9), and whether each finishes with less than one CPU free.
 Both sides of each row run back to back in this process (the dataset, then the baseline, alternating).
 """
 
@@ -18,12 +20,13 @@ import multiprocessing
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import Row, Settings, local_ray, moto_s3
+from benchmarks.common import Row, Settings, local_ray, moto_s3, side_by_side
 
 CROP = 96
 
@@ -250,9 +253,76 @@ def _row_listing(s: Settings) -> Row:
                f"{count // 1000} shards of 1,000; upload took {upload_s:.0f} s")
 
 
+def _shard_epoch(make_dataset) -> Callable[[], int]:
+    """One epoch of a shard dataset, rows as the bulk job and ingest take them (no decode): its row count."""
+
+    def run() -> int:
+        return sum(len(batch["path"]) for batch in make_dataset().iter_batches(batch_size=None, batch_format="pyarrow"))
+
+    return run
+
+
+def _stalls(make_dataset, timeout_s: float) -> str:
+    """'finished in N s' or 'stalled' for one epoch under Ray Data's no-progress guard of ``timeout_s``."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    ds = make_dataset()
+    ds.context.execution_no_progress_timeout_s = timeout_s
+    t0 = time.perf_counter()
+    try:
+        ds.materialize()
+    except ExecutionTimeoutError:
+        return f"stalled ({timeout_s:.0f} s without progress)"
+    return f"finished in {time.perf_counter() - t0:.1f} s"
+
+
+def _row_shard_reader(s: Settings) -> Row:
+    """The project's Parquet shard reader (srgan.distributed.ingest.read_parquet_shards) against
+    ray.data.read_parquet over the same shards: rows/s of an epoch with the cluster free, each at
+    1 CPU a read task; then both with 0.75 CPU free (the bulk job's actor holding the rest)."""
+    import pyarrow.fs as pafs
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from srgan.distributed.ingest import read_parquet_shards
+    from srgan.io.datasets import list_parquet_shards, pack_images
+
+    shards_n, per_shard = (4, 128) if s.quick else (16, 256)
+    blobs = s.images["jpeg"]
+    with tempfile.TemporaryDirectory() as tmp, local_ray(num_cpus=2):
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for i in range(shards_n * per_shard):
+            (src / f"n{i % 10:02d}_{i:05d}.jpg").write_bytes(blobs[i % len(blobs)])
+        pack_images(str(src), str(Path(tmp) / "shards"), images_per_shard=per_shard, threads=2)
+        fs, paths = list_parquet_shards(str(Path(tmp) / "shards"))
+
+        def ours(num_cpus: float = 1.0):  # as ingest and the bulk job read shards (up to 8 a task)
+            return read_parquet_shards(paths, filesystem=fs, num_cpus=num_cpus, columns=["path", "image"])
+
+        def theirs(num_cpus: float = 1.0):
+            return ray.data.read_parquet(paths, filesystem=pafs.LocalFileSystem(), columns=["path", "image"], partitioning=None, num_cpus=num_cpus)
+
+        project, baseline = side_by_side(_shard_epoch(ours), _shard_epoch(theirs), s)
+        blocker = placement_group([{"CPU": 1.25}])
+        ray.get(blocker.ready(), timeout=60)
+        try:
+            held = (_stalls(lambda: ours(0.25), 30), _stalls(lambda: theirs(0.25), 30))
+        finally:
+            remove_placement_group(blocker)
+    ratio = project / baseline
+    mb = shards_n * per_shard * sum(map(len, blobs)) / len(blobs) / 1e6
+    return Row("shard-reader", f"{project:.0f} rows/s (read_parquet_shards)", f"{baseline:.0f} rows/s (ray.data.read_parquet)", ratio, ">= 0.9",
+               ratio >= 0.9 and held[0].startswith("finished"),
+               f"{shards_n} local shards x {per_shard} JPEG rows ({mb:.0f} MB), a whole epoch per timing (Ray Data's start-up "
+               f"included), no decode, local Ray 2 CPUs, read tasks at 1 CPU (the project's: up to 8 shards a task); with 1.25 CPU held and read tasks at 0.25 CPU: "
+               f"read_parquet_shards {held[0]}, read_parquet {held[1]}")
+
+
 ROWS = {
     "ingest-pipeline-local": _rows_pipeline,  # also ingest-pipeline-s3 and ingest-vs-dataloader (one set-up)
     "listing": _row_listing,
+    "shard-reader": _row_shard_reader,
 }
 
 

@@ -411,11 +411,11 @@ def _dataset(config: BulkUpscaleConfig, plan: Plan, source: ModelSource):
 
     read_cpus = 0.25  # reading is I/O: fractional CPUs leave the cores to the actors
     if plan.parquet:
-        from srgan.distributed.ingest import parquet_shards
+        from srgan.distributed.ingest import read_parquet_shards
 
         # Rows already done are dropped as each shard is read (a shard all done was left out at planning).
-        shards = parquet_shards(plan.source_paths, filesystem=plan.in_fs, columns=["path", "image"], exclude_keys=plan.excluded_keys)
-        ds = ray.data.read_datasource(shards, num_cpus=read_cpus)
+        ds = read_parquet_shards(plan.source_paths, filesystem=plan.in_fs, num_cpus=read_cpus, columns=["path", "image"],
+                                 exclude_keys=plan.excluded_keys)
     else:
         # A file removed since listing is dropped here and reported as missing by the driver.
         ds = ray.data.read_binary_files(plan.source_paths, filesystem=plan.in_fs, include_paths=True, ignore_missing_paths=True, num_cpus=read_cpus)

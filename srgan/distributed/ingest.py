@@ -3,7 +3,7 @@
 One epoch, as Ray Data runs it::
 
     list the files once, on the driver (srgan.io.datasets: list_images / the shards of a packed prefix)
-      -> _image_files / parquet_shards         tasks of up to 1,024 objects (or a shard), read on 8 threads;
+      -> _image_files / parquet_shards         tasks of up to 1,024 objects (or 8 shards), read on 8 threads;
                                                the file order is reshuffled at every epoch
       -> map_batches(decode + crop)            fused into those tasks, a core each; bad objects skipped and counted
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
@@ -197,6 +197,21 @@ def parquet_shards(paths: list[str], *, filesystem, shuffle: Any = None, columns
     return ParquetShards(paths, filesystem=filesystem, shuffle=shuffle)
 
 
+# Shards per read task, at most: Ray Data starts one task at a time until its first resource refresh
+# (about a second), so 16 small shards read as 16 tasks took 1.4 s where 2 tasks took 0.13 s
+# (benchmarks/rows/ingest.py shard-reader); an ImageNet shard of 1,000 images is seconds of decoding,
+# so 8 of them keep a retried task cheap.
+SHARDS_PER_TASK = 8
+
+
+def read_parquet_shards(paths: list[str], *, filesystem, num_cpus: float, shuffle: Any = None,
+                        columns: list[str] | None = None, exclude_keys: Iterable[str] = ()) -> ray.data.Dataset:
+    """:func:`parquet_shards` as a dataset: up to SHARDS_PER_TASK shards a read task, but at least one
+    task per slot the cluster has for tasks of ``num_cpus`` (so a few shards still read on every core)."""
+    source = parquet_shards(paths, filesystem=filesystem, shuffle=shuffle, columns=columns, exclude_keys=exclude_keys)
+    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(len(paths), SHARDS_PER_TASK, num_cpus))
+
+
 def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any):
     """A Ray Data datasource of ``{"bytes", "path"}`` rows, one per file, that reads each task's files
     on a few threads: a GET to S3 waits tens of milliseconds, and a task that read one object at a time
@@ -302,10 +317,10 @@ def build_train_dataset(
     order reproducible (crop positions always use fresh entropy).
 
     Each task reads and decodes (one fused Ray Data operator) up to ``files_per_task`` objects of a raw
-    prefix, or one Parquet shard; a task needs ``num_cpus``. Decoding is single-threaded, so a task
-    is one core's work: fractional tasks ran more tasks than cores, and Ray started and killed worker
-    processes at every epoch; small tasks (32 objects) spent more time scheduled than decoding
-    (docs/performance.md has the figures). Give less than 1 CPU only where less is free, as the
+    prefix, or up to SHARDS_PER_TASK (8) Parquet shards; a task needs ``num_cpus``. Decoding is
+    single-threaded, so a task is one core's work: fractional tasks ran more tasks than cores, and Ray
+    started and killed worker processes at every epoch; small tasks (32 objects) spent more time
+    scheduled than decoding (docs/performance.md has the figures). Give less than 1 CPU only where less is free, as the
     trainer does on small machines where its workers hold CPUs.
 
     ``min_objects_per_epoch``: a raw prefix smaller than this is read several times per epoch
@@ -339,8 +354,7 @@ def build_train_dataset(
         return ray.data.read_datasource(source, num_cpus=num_cpus)
     if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
-        ds = ray.data.read_datasource(parquet_shards(shards, filesystem=fs, shuffle=shuffle, columns=list(SHARD_COLUMNS)),
-                                      num_cpus=num_cpus)
+        ds = read_parquet_shards(shards, filesystem=fs, num_cpus=num_cpus, shuffle=shuffle, columns=list(SHARD_COLUMNS))
         image_column, root = "image", None  # shards already store keys relative to the packed prefix
     else:
         fs, root, images = list_image_infos(uri, s3_endpoint)
