@@ -10,6 +10,8 @@
   to ImageNet's 1.28 M objects.
 - shard-reader: the project's Parquet shard reader against ray.data.read_parquet on the same shards
   (rows/s of an epoch, target >= 0.9), and whether each finishes with less than one CPU free.
+- raw-shard-tasks: a training epoch of raw-uint8 shards as the trainer reads them (up to 8 shards a
+  task) against the same datasource at one task a shard.
 Both sides of each row run back to back in this process (the dataset, then the baseline, alternating).
 """
 
@@ -319,10 +321,47 @@ def _row_shard_reader(s: Settings) -> Row:
                f"read_parquet_shards {held[0]}, read_parquet {held[1]}")
 
 
+def _row_raw_shard_tasks(s: Settings) -> Row:
+    """A training epoch of raw-uint8 shards as the trainer reads them (build_train_dataset: up to 8
+    shards a read task) against the same datasource at one task a shard (Ray Data's own count)."""
+    import ray
+
+    from srgan.distributed.ingest import _raw_shards, build_train_dataset, get_skip_counter
+    from srgan.io.datasets import list_raw_shards, pack_images
+
+    shards_n, per_shard = (8, 32) if s.quick else (16, 64)
+    blobs = s.images["jpeg"]
+    with tempfile.TemporaryDirectory() as tmp, local_ray(num_cpus=2):
+        src, raw = Path(tmp) / "src", Path(tmp) / "raw"
+        src.mkdir()
+        for i in range(shards_n * per_shard):
+            (src / f"n{i % 10:02d}_{i:05d}.jpg").write_bytes(blobs[i % len(blobs)])
+        pack_images(str(src), str(raw), images_per_shard=per_shard, threads=2, format="raw-uint8")
+        fs, paths = list_raw_shards(str(raw))
+        counter = get_skip_counter("bench-raw-skips")
+
+        def project():
+            return build_train_dataset(str(raw), crop_size=CROP, skip_counter_name="bench-raw-skips")
+
+        def one_task_a_shard():
+            source = _raw_shards(paths, filesystem=fs, shuffle=None, crop_size=CROP, crops_per_image=1, counter=counter)
+            return ray.data.read_datasource(source, num_cpus=1.0)
+
+        def epoch(make_dataset) -> Callable[[], int]:
+            return lambda: sum(len(batch["gt"]) for batch in make_dataset().iter_batches(batch_size=None))
+
+        ours, baseline = side_by_side(epoch(project), epoch(one_task_a_shard), s)
+    ratio = ours / baseline
+    return Row("raw-shard-tasks", f"{ours:.0f} crops/s (up to 8 shards a task)", f"{baseline:.0f} crops/s (one task a shard)", ratio, ">= 1.0",
+               ratio >= 1.0, f"{shards_n} local raw-uint8 shards x {per_shard} 500x375 images, one 96x96 crop each, a whole epoch per "
+               f"timing (Ray Data's start-up included), 1 CPU a read task, local Ray 2 CPUs")
+
+
 ROWS = {
     "ingest-pipeline-local": _rows_pipeline,  # also ingest-pipeline-s3 and ingest-vs-dataloader (one set-up)
     "listing": _row_listing,
     "shard-reader": _row_shard_reader,
+    "raw-shard-tasks": _row_raw_shard_tasks,
 }
 
 

@@ -197,10 +197,10 @@ def parquet_shards(paths: list[str], *, filesystem, shuffle: Any = None, columns
     return ParquetShards(paths, filesystem=filesystem, shuffle=shuffle)
 
 
-# Shards per read task, at most: Ray Data starts one task at a time until its first resource refresh
-# (about a second), so 16 small shards read as 16 tasks took 1.4 s where 2 tasks took 0.13 s
-# (benchmarks/rows/ingest.py shard-reader); an ImageNet shard of 1,000 images is seconds of decoding,
-# so 8 of them keep a retried task cheap.
+# Shards (Parquet or raw-uint8) per read task, at most: Ray Data starts one task at a time until its
+# first resource refresh (about a second), so 16 small shards read as 16 tasks took 1.2-1.4 s where 2
+# tasks took 0.13 s (benchmarks/rows/ingest.py: shard-reader, raw-shard-tasks); an ImageNet shard of
+# 1,000 images is seconds of decoding, so 8 of them keep a retried task cheap.
 SHARDS_PER_TASK = 8
 
 
@@ -351,7 +351,7 @@ def build_train_dataset(
         fs, shards = list_raw_shards(uri, s3_endpoint=s3_endpoint)
         counter = get_skip_counter(skip_counter_name)
         source = _raw_shards(shards, filesystem=fs, shuffle=shuffle, crop_size=crop_size, crops_per_image=crops_per_image, counter=counter)
-        return ray.data.read_datasource(source, num_cpus=num_cpus)
+        return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(len(shards), SHARDS_PER_TASK, num_cpus))
     if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
         ds = read_parquet_shards(shards, filesystem=fs, num_cpus=num_cpus, shuffle=shuffle, columns=list(SHARD_COLUMNS))
