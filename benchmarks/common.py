@@ -241,3 +241,46 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+# ------------------------------------------------------------------- CPU accounting, from /proc
+# (psutil is not a dependency of the project; these read what Linux keeps for every process)
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores): /proc/stat's first line,
+    user + nice + system + irq + softirq + steal."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def process_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, user + system CPU seconds so far) for every process (/proc/PID/stat)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+        out[int(entry.name)] = (name, (int(rest[11]) + int(rest[12])) / _TICKS)  # utime, stime
+    return out
+
+
+def cpu_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two process_cpu_seconds() snapshots, summed by kind: "this process",
+    "ray workers" (ray::... tasks and actors), "raylet + gcs", and "other" (the rest of the machine).
+    A process that started in between counts from zero; one that exited in between is not seen."""
+    me, out = os.getpid(), {"this process": 0.0, "ray workers": 0.0, "raylet + gcs": 0.0, "other": 0.0}
+    for pid, (name, seconds) in after.items():
+        used = seconds - before.get(pid, (name, 0.0))[1]
+        kind = ("this process" if pid == me else "ray workers" if name.startswith("ray::")
+                else "raylet + gcs" if name in ("raylet", "gcs_server") else "other")
+        out[kind] += max(used, 0.0)
+    return out

@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Row, Settings, demo_generator, local_ray
+from benchmarks.common import Row, Settings, demo_generator, local_ray, machine_busy_seconds
 
 BATCH, CROP = 16, 64
 
@@ -48,24 +49,18 @@ class _CpuWindow:
     (the machine's busy time from /proc/stat less this process's): what the loop competes with."""
 
     def __init__(self) -> None:
-        import psutil
+        self._t0, self._all0, self._own0 = time.perf_counter(), machine_busy_seconds(), self._own()
 
-        self._psutil, self._me = psutil, psutil.Process()
-        self._t0, self._all0, self._own0 = time.perf_counter(), self._busy(), self._own()
-
-    def _busy(self) -> float:
-        t = self._psutil.cpu_times()
-        return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
-
-    def _own(self) -> float:
-        t = self._me.cpu_times()
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
         return t.user + t.system
 
     def close(self) -> dict:
         """{"own_cores", "others_cores"}: mean cores busy over the window."""
         wall = time.perf_counter() - self._t0
         own = self._own() - self._own0
-        return {"own_cores": own / wall, "others_cores": max(self._busy() - self._all0 - own, 0.0) / wall}
+        return {"own_cores": own / wall, "others_cores": max(machine_busy_seconds() - self._all0 - own, 0.0) / wall}
 
 
 def bare_loop(steps: int, warmup: int, threads: int) -> tuple[float, dict]:
