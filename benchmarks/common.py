@@ -275,12 +275,14 @@ def process_cpu_seconds() -> dict[int, tuple[str, float]]:
 
 def cpu_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds between two process_cpu_seconds() snapshots, summed by kind: "this process",
-    "ray workers" (ray::... tasks and actors), "raylet + gcs", and "other" (the rest of the machine).
-    A process that started in between counts from zero; one that exited in between is not seen."""
-    me, out = os.getpid(), {"this process": 0.0, "ray workers": 0.0, "raylet + gcs": 0.0, "other": 0.0}
+    "ray workers" (ray::... tasks and actors), "ray daemons" (raylet, GCS and the node's agents), and
+    "other" (the rest of the machine). A process that started in between counts from zero; one that
+    exited in between is not seen."""
+    me, out = os.getpid(), {"this process": 0.0, "ray workers": 0.0, "ray daemons": 0.0, "other": 0.0}
+    agents = ("ray::DashboardA", "ray::RuntimeEnv")  # the node's agents (names cut to 15 characters)
     for pid, (name, seconds) in after.items():
         used = seconds - before.get(pid, (name, 0.0))[1]
-        kind = ("this process" if pid == me else "ray workers" if name.startswith("ray::")
-                else "raylet + gcs" if name in ("raylet", "gcs_server") else "other")
+        kind = ("this process" if pid == me else "ray daemons" if name in ("raylet", "gcs_server") or name.startswith(agents)
+                else "ray workers" if name.startswith("ray::") else "other")
         out[kind] += max(used, 0.0)
     return out
