@@ -134,6 +134,14 @@ def _decode_crop_batch(
     return out
 
 
+def _is_local(filesystem) -> bool:
+    """True for local paths, also inside the retrying wrapper Ray Data puts around a filesystem."""
+    import pyarrow.fs as pafs
+
+    inner = filesystem.unwrap() if hasattr(filesystem, "unwrap") else filesystem
+    return isinstance(inner, pafs.LocalFileSystem)
+
+
 def _raw_shards(paths: list[str], *, filesystem, shuffle: Any, crop_size: int, crops_per_image: int, counter: ray.actor.ActorHandle):
     """A Ray Data datasource of crops cut straight out of raw-uint8 shards, in the read tasks.
 
@@ -142,14 +150,12 @@ def _raw_shards(paths: list[str], *, filesystem, shuffle: Any, crop_size: int, c
     (``read_binary_files`` would copy every whole shard into the object store first: two thirds of
     the time, see docs/performance.md.)"""
     import pyarrow as pa
-    import pyarrow.fs as pafs
     from ray.data.block import BlockAccessor
     from ray.data.datasource import FileBasedDatasource
 
     class RawShards(FileBasedDatasource):  # RAY
         def _open_input_source(self, filesystem, path, **open_args):
-            inner = filesystem.unwrap() if hasattr(filesystem, "unwrap") else filesystem
-            return pa.memory_map(path) if isinstance(inner, pafs.LocalFileSystem) else filesystem.open_input_file(path)
+            return pa.memory_map(path) if _is_local(filesystem) else filesystem.open_input_file(path)
 
         def _read_stream(self, f, path):
             reader = pa.ipc.open_file(f)
@@ -210,12 +216,17 @@ SHARD_READ_ROWS = 64
 SHARDS_PER_TASK = 8
 
 
+def _read_shards(source, shards: int, num_cpus: float) -> ray.data.Dataset:
+    """A shard datasource as a dataset: up to SHARDS_PER_TASK shards a read task, but at least one task
+    per slot the cluster has for tasks of ``num_cpus`` (so a few shards still read on every core)."""
+    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(shards, SHARDS_PER_TASK, num_cpus))
+
+
 def read_parquet_shards(paths: list[str], *, filesystem, num_cpus: float, shuffle: Any = None,
                         columns: list[str] | None = None, exclude_keys: Iterable[str] = ()) -> ray.data.Dataset:
-    """:func:`parquet_shards` as a dataset: up to SHARDS_PER_TASK shards a read task, but at least one
-    task per slot the cluster has for tasks of ``num_cpus`` (so a few shards still read on every core)."""
+    """:func:`parquet_shards` as a dataset, read as every shard source is (:func:`_read_shards`)."""
     source = parquet_shards(paths, filesystem=filesystem, shuffle=shuffle, columns=columns, exclude_keys=exclude_keys)
-    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(len(paths), SHARDS_PER_TASK, num_cpus))
+    return _read_shards(source, len(paths), num_cpus)
 
 
 def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any):
@@ -259,10 +270,7 @@ READ_THREADS_PER_TASK = 8
 def read_threads(filesystem) -> int:
     """Reads in flight per read task of :func:`_image_files` on ``filesystem``: 1 for local paths,
     READ_THREADS_PER_TASK for an object store."""
-    import pyarrow.fs as pafs
-
-    inner = filesystem.unwrap() if hasattr(filesystem, "unwrap") else filesystem
-    return 1 if isinstance(inner, pafs.LocalFileSystem) else READ_THREADS_PER_TASK
+    return 1 if _is_local(filesystem) else READ_THREADS_PER_TASK
 
 
 def _bytes_batch(batch: dict[str, np.ndarray], *, image_column: str, root: str | None) -> dict[str, np.ndarray]:
@@ -374,7 +382,7 @@ def build_train_dataset(
         fs, shards = list_raw_shards(uri, s3_endpoint=s3_endpoint)
         counter = get_skip_counter(skip_counter_name)
         source = _raw_shards(shards, filesystem=fs, shuffle=shuffle, crop_size=crop_size, crops_per_image=crops_per_image, counter=counter)
-        return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(len(shards), SHARDS_PER_TASK, num_cpus))
+        return _read_shards(source, len(shards), num_cpus)
     if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
         ds = read_parquet_shards(shards, filesystem=fs, num_cpus=num_cpus, shuffle=shuffle, columns=list(SHARD_COLUMNS))
