@@ -7,7 +7,7 @@ import io
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -258,9 +258,10 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
-def process_cpu_seconds() -> dict[int, tuple[str, float]]:
-    """pid -> (command name, user + system CPU seconds so far) for every process (/proc/PID/stat)."""
-    out = {}
+def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the fields after it) of /proc/PID/stat for every process: fields[0] is the
+    state, [1] the parent pid, [11] and [12] utime and stime in clock ticks. (The name is read between
+    the first "(" and the last ")": it may hold spaces and parentheses.)"""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -268,9 +269,12 @@ def process_cpu_seconds() -> dict[int, tuple[str, float]]:
             text = (entry / "stat").read_text()
         except OSError:
             continue  # exited meanwhile
-        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
-        out[int(entry.name)] = (name, (int(rest[11]) + int(rest[12])) / _TICKS)  # utime, stime
-    return out
+        yield int(entry.name), text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+
+
+def process_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, user + system CPU seconds so far) for every process."""
+    return {pid: (name, (int(fields[11]) + int(fields[12])) / _TICKS) for pid, name, fields in proc_stats()}
 
 
 def cpu_by_kind(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:

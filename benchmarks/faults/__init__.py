@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common import proc_stats
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
@@ -91,13 +93,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (from /proc, no psutil needed)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
+    for child, _name, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(child)
     out, todo = [], [pid]
     while todo:
         p = todo.pop()

@@ -266,9 +266,17 @@ def _task_spans(since: float) -> str:
     for how long two of them ran at once: what an idle core during the epoch was waiting for."""
     import ray
 
-    time.sleep(1.5)  # task events reach the GCS about once a second
-    spans = sorted((e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6) for e in ray.timeline()
-                   if e.get("ph") == "X" and str(e.get("cat", "")).startswith("task::ReadImageFiles") and e["ts"] / 1e6 >= since)
+    def read() -> list[tuple[float, float]]:
+        return sorted((e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6) for e in ray.timeline()
+                      if e.get("ph") == "X" and str(e.get("cat", "")).startswith("task::ReadImageFiles") and e["ts"] / 1e6 >= since)
+
+    # Task events reach the GCS in batches, about once a second: read until two reads a second apart agree.
+    spans, deadline = read(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        if (again := read()) == spans and spans:
+            break
+        spans = again
     if not spans:
         return "no task spans in ray.timeline()"
     edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
@@ -317,13 +325,25 @@ def _row_listing(s: Settings) -> Row:
                f"{count // 1000} shards of 1,000; upload took {upload_s:.0f} s")
 
 
-def _shard_epoch(make_dataset) -> Callable[[], int]:
-    """One epoch of a shard dataset, rows as the bulk job and ingest take them (no decode): its row count."""
+def _epoch_rows(make_dataset, column: str, batch_format: str = "pyarrow") -> Callable[[], int]:
+    """A timing side: one epoch of a fresh ``make_dataset()``, blocks as they come; its row count."""
 
     def run() -> int:
-        return sum(len(batch["path"]) for batch in make_dataset().iter_batches(batch_size=None, batch_format="pyarrow"))
+        return sum(len(batch[column]) for batch in make_dataset().iter_batches(batch_size=None, batch_format=batch_format))
 
     return run
+
+
+def _packed_copies(blobs: list[bytes], count: int, root: Path, *, per_shard: int, fmt: str = "encoded") -> Path:
+    """``count`` files of the photos (repeated) under root/src, packed by pack_images into root/shards."""
+    from srgan.io.datasets import pack_images
+
+    src = root / "src"
+    src.mkdir()
+    for i in range(count):
+        (src / f"n{i % 10:02d}_{i:05d}.jpg").write_bytes(blobs[i % len(blobs)])
+    pack_images(str(src), str(root / "shards"), images_per_shard=per_shard, threads=2, format=fmt)
+    return root / "shards"
 
 
 def _stalls(make_dataset, timeout_s: float) -> str:
@@ -349,17 +369,12 @@ def _row_shard_reader(s: Settings) -> Row:
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from srgan.distributed.ingest import read_parquet_shards
-    from srgan.io.datasets import list_parquet_shards, pack_images
+    from srgan.io.datasets import list_parquet_shards
 
     shards_n, per_shard = (4, 128) if s.quick else (16, 256)
     blobs = s.images["jpeg"]
     with tempfile.TemporaryDirectory() as tmp, local_ray(num_cpus=2):
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for i in range(shards_n * per_shard):
-            (src / f"n{i % 10:02d}_{i:05d}.jpg").write_bytes(blobs[i % len(blobs)])
-        pack_images(str(src), str(Path(tmp) / "shards"), images_per_shard=per_shard, threads=2)
-        fs, paths = list_parquet_shards(str(Path(tmp) / "shards"))
+        fs, paths = list_parquet_shards(str(_packed_copies(blobs, shards_n * per_shard, Path(tmp), per_shard=per_shard)))
 
         def ours(num_cpus: float = 1.0):  # as ingest and the bulk job read shards (up to 8 a task)
             return read_parquet_shards(paths, filesystem=fs, num_cpus=num_cpus, columns=["path", "image"])
@@ -367,7 +382,7 @@ def _row_shard_reader(s: Settings) -> Row:
         def theirs(num_cpus: float = 1.0):
             return ray.data.read_parquet(paths, filesystem=pafs.LocalFileSystem(), columns=["path", "image"], partitioning=None, num_cpus=num_cpus)
 
-        project, baseline = side_by_side(_shard_epoch(ours), _shard_epoch(theirs), s)
+        project, baseline = side_by_side(_epoch_rows(ours, "path"), _epoch_rows(theirs, "path"), s)
         blocker = placement_group([{"CPU": 1.25}])
         ray.get(blocker.ready(), timeout=60)
         try:
@@ -389,16 +404,12 @@ def _row_raw_shard_tasks(s: Settings) -> Row:
     import ray
 
     from srgan.distributed.ingest import _raw_shards, build_train_dataset, get_skip_counter
-    from srgan.io.datasets import list_raw_shards, pack_images
+    from srgan.io.datasets import list_raw_shards
 
     shards_n, per_shard = (8, 32) if s.quick else (16, 64)
     blobs = s.images["jpeg"]
     with tempfile.TemporaryDirectory() as tmp, local_ray(num_cpus=2):
-        src, raw = Path(tmp) / "src", Path(tmp) / "raw"
-        src.mkdir()
-        for i in range(shards_n * per_shard):
-            (src / f"n{i % 10:02d}_{i:05d}.jpg").write_bytes(blobs[i % len(blobs)])
-        pack_images(str(src), str(raw), images_per_shard=per_shard, threads=2, format="raw-uint8")
+        raw = _packed_copies(blobs, shards_n * per_shard, Path(tmp), per_shard=per_shard, fmt="raw-uint8")
         fs, paths = list_raw_shards(str(raw))
         counter = get_skip_counter("bench-raw-skips")
 
@@ -409,10 +420,7 @@ def _row_raw_shard_tasks(s: Settings) -> Row:
             source = _raw_shards(paths, filesystem=fs, shuffle=None, crop_size=CROP, crops_per_image=1, counter=counter)
             return ray.data.read_datasource(source, num_cpus=1.0)
 
-        def epoch(make_dataset) -> Callable[[], int]:
-            return lambda: sum(len(batch["gt"]) for batch in make_dataset().iter_batches(batch_size=None))
-
-        ours, baseline = side_by_side(epoch(project), epoch(one_task_a_shard), s)
+        ours, baseline = side_by_side(_epoch_rows(project, "gt", "default"), _epoch_rows(one_task_a_shard, "gt", "default"), s)
     ratio = ours / baseline
     return Row("raw-shard-tasks", f"{ours:.0f} crops/s (up to 8 shards a task)", f"{baseline:.0f} crops/s (one task a shard)", ratio, ">= 1.0",
                ratio >= 1.0, f"{shards_n} local raw-uint8 shards x {per_shard} 500x375 images, one 96x96 crop each, a whole epoch per "
