@@ -96,6 +96,26 @@ def test_crops_are_real_windows_of_the_decoded_images(photos_dir):
     assert np.array_equal(grey[:, 0], grey[:, 1]) and np.array_equal(grey[:, 0], grey[:, 2])
 
 
+@pytest.mark.parametrize(("crop_size", "count"), [(32, 1), (96, 16)])  # PIL cuts the windows / the whole image is converted
+def test_batch_crops_are_each_image_decoded_alone_in_order(photos_dir, crop_size, count):
+    """The batch's one output array holds, in order, exactly the windows each good image gives alone
+    with the same draws; a skipped object in between leaves no gap and no stale window."""
+    from srgan.core.images import TRAINING_BACKGROUND, decode_random_crops
+
+    bad = bad_objects(photos_dir)
+    good = {name: photo_bytes(photos_dir, name) for name in ("chelsea.png", "rocket.jpg", "camera.png")}
+    batch = batch_of({"chelsea.png": good["chelsea.png"], "bad/truncated.jpg": bad["truncated.jpg"],
+                      "rocket.jpg": good["rocket.jpg"], "bad/empty.jpg": bad["empty.jpg"], "camera.png": good["camera.png"]})
+    out, skips = decode_and_crop(batch, crop_size=crop_size, crops_per_image=count, rng=np.random.default_rng(11), limits=ImageLimits())
+    rng = np.random.default_rng(11)
+    alone = [decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, background=TRAINING_BACKGROUND) for data in good.values()]
+    assert [kind for kind, _ in skips] == ["corrupt", "empty"]
+    assert out["gt"].shape == (3 * count, 3, crop_size, crop_size) and out["gt"].flags.c_contiguous
+    assert np.array_equal(out["gt"], np.concatenate(alone))
+    with pytest.raises(ValueError, match="out must be uint8"):
+        decode_random_crops(good["rocket.jpg"], crop_size=crop_size, count=count, rng=rng, out=np.empty((count, 3, 8, 8), np.uint8))
+
+
 def test_same_rng_same_crops_other_rng_other_crops(photos_dir):
     batch = batch_of({"coffee.png": photo_bytes(photos_dir, "coffee.png")})
     crops = [

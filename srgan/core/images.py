@@ -120,8 +120,12 @@ def _apply_orientation(x: Tensor, orientation: int) -> Tensor:
     return x
 
 
-def _pil_to_uint8(img: Image.Image) -> tuple[np.ndarray | None, str]:
-    """PIL image -> ((H, W, C) uint8, mode in RGB/L/RGBA/LA), or (None, "L") for 16-bit greyscale."""
+def _pil_to_uint8(img: Image.Image, *, planar: bool = False) -> tuple[np.ndarray | None, str]:
+    """PIL image -> ((H, W, C) uint8, mode in RGB/L/RGBA/LA), or (None, "L") for 16-bit greyscale.
+
+    ``planar``: the array is an (H, W, C) view of (C, H, W) planes, copied out band by band, so that
+    channel-first windows are row copies rather than gathers of every third byte (16 crops of a
+    500x375 JPEG: 0.205 against 0.24 ms for the conversion and the windows; one small window: slower)."""
     mode = img.mode
     if mode == "P":
         mode = "RGBA" if "transparency" in img.info else "RGB"
@@ -135,6 +139,9 @@ def _pil_to_uint8(img: Image.Image) -> tuple[np.ndarray | None, str]:
         mode = "RGB"  # CMYK, YCbCr, ...
     if img.mode != mode:
         img = img.convert(mode)
+    if planar:
+        planes = np.stack([np.asarray(band, dtype=np.uint8) for band in img.split()])  # (C, H, W)
+        return planes.transpose(1, 2, 0), mode
     arr = np.asarray(img, dtype=np.uint8)
     return (arr[:, :, None] if arr.ndim == 2 else arr), mode
 
@@ -187,13 +194,13 @@ def _load_checked(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, s
     return img, orientation, fmt, png16
 
 
-def _pixels(img: Image.Image, data: bytes, png16: bool) -> tuple[np.ndarray | Tensor, str, int]:
-    """-> (pixels, mode, bit depth): the decoder's own (H, W, C) uint8 array for 8-bit sources, else
-    (C, H, W) float32 in [0, 1]."""
+def _pixels(img: Image.Image, data: bytes, png16: bool, *, planar: bool = False) -> tuple[np.ndarray | Tensor, str, int]:
+    """-> (pixels, mode, bit depth): the decoder's own (H, W, C) uint8 array for 8-bit sources (a view of
+    planes if ``planar``), else (C, H, W) float32 in [0, 1]."""
     if png16:
         planes, mode = png16_to_planes(data)
         return planes, mode, 16
-    arr, mode = _pil_to_uint8(img)
+    arr, mode = _pil_to_uint8(img, planar=planar)
     if arr is None:  # 16-bit greyscale outside PNG
         import torch  # here only: 8-bit decodes (Ray Data's decode tasks) never load it
 
@@ -333,7 +340,7 @@ _WHOLE_ARRAY_FRACTION = 0.25  # crops covering more of the image than this: conv
 
 def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.random.Generator,
                         limits: ImageLimits = ImageLimits(), background: tuple[int, int, int] | None = None,
-                        conversions: list[str] | None = None) -> np.ndarray | None:
+                        conversions: list[str] | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
     """``count`` random ``crop_size`` windows of the decoded image -> uint8 (count, 3, c, c), or None if
     the (oriented) image is smaller than a crop. The training decoder's fast path.
 
@@ -341,7 +348,8 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
     (same positions, same values), but an 8-bit image is decoded once and, unless the crops cover over
     a quarter of it, cropped by PIL before any array exists. 16-bit sources are converted whole. Same
     errors as :func:`decode_image`. ``conversions``, if given, receives the :data:`CONVERSION_KINDS`
-    applied to a decoded image (nothing for a refused or too small one).
+    applied to a decoded image (nothing for a refused or too small one). ``out``, if given, is the
+    (count, 3, c, c) uint8 array the windows are written to and returned in (a slice of a batch's).
     """
     img, orientation, fmt, png16 = _load_checked(data, limits)
     try:
@@ -354,13 +362,13 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
         if png16 or img.mode.startswith("I") or count * crop_size * crop_size > _WHOLE_ARRAY_FRACTION * width * height:
             # 16-bit sources, or crops covering much of the image: convert the whole image once.
             try:
-                pixels, mode, _ = _pixels(img, data, png16)
+                pixels, mode, _ = _pixels(img, data, png16, planar=True)
             except Exception as exc:  # torchvision's 16-bit decoder on a stream the check let through
                 raise ImageDecodeError(f"corrupt or truncated {fmt} data: {exc}") from None
-            return random_windows(_rgb_view(pixels, mode, orientation, background), crop_size, count, rng)
+            return random_windows(_rgb_view(pixels, mode, orientation, background), crop_size, count, rng, out=out)
         tops = rng.integers(0, o_height - crop_size + 1, size=count)
         lefts = rng.integers(0, o_width - crop_size + 1, size=count)
-        out = np.empty((count, 3, crop_size, crop_size), np.uint8)
+        out = _window_array(count, crop_size, out)
         for i, (t, s) in enumerate(zip(tops.tolist(), lefts.tolist())):
             row, col = _raw_box(orientation, t, s, crop_size, height, width)
             window, mode = _pil_to_uint8(img.crop((col, row, col + crop_size, row + crop_size)))
@@ -371,16 +379,30 @@ def decode_random_crops(data: bytes, *, crop_size: int, count: int, rng: np.rand
         img.close()
 
 
-def random_windows(rgb: np.ndarray, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray | None:
+def _window_array(count: int, crop_size: int, out: np.ndarray | None) -> np.ndarray:
+    """``out`` checked as the (count, 3, c, c) uint8 destination of the windows, or a new one."""
+    shape = (count, 3, crop_size, crop_size)
+    if out is None:
+        return np.empty(shape, np.uint8)
+    if out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, not {out.dtype} {out.shape}")
+    return out
+
+
+def random_windows(rgb: np.ndarray, crop_size: int, count: int, rng: np.random.Generator,
+                   out: np.ndarray | None = None) -> np.ndarray | None:
     """``count`` random ``crop_size`` windows of an (H, W, 3) uint8 array -> (count, 3, c, c) uint8, drawn
-    as :func:`decode_random_crops` draws them (tops, then lefts); None if the array is smaller."""
+    as :func:`decode_random_crops` draws them (tops, then lefts); None if the array is smaller. Each
+    window is copied once, into ``out`` if given."""
     height, width = rgb.shape[:2]
     if height < crop_size or width < crop_size:
         return None
     tops = rng.integers(0, height - crop_size + 1, size=count)
     lefts = rng.integers(0, width - crop_size + 1, size=count)
-    windows = np.stack([rgb[t : t + crop_size, s : s + crop_size] for t, s in zip(tops.tolist(), lefts.tolist())])
-    return np.ascontiguousarray(windows.transpose(0, 3, 1, 2))
+    out = _window_array(count, crop_size, out)
+    for i, (t, s) in enumerate(zip(tops.tolist(), lefts.tolist())):
+        out[i] = rgb[t : t + crop_size, s : s + crop_size].transpose(2, 0, 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------- GPU-side decoding

@@ -220,14 +220,14 @@ def _skip_kind(exc: Exception) -> str:
 
 
 def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, rng: np.random.Generator,
-                  conversions: list[str]) -> tuple[np.ndarray | None, str | None]:
-    """Decode ``data`` into ``count`` random crops -> (uint8 (count, 3, c, c), None), or (None, skip kind);
-    the conversions applied to a decoded object go to ``conversions``. Never raises."""
+                  conversions: list[str], out: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """Decode ``data`` into ``count`` random crops written to ``out`` -> (``out``, None), or (None, skip
+    kind); the conversions applied to a decoded object go to ``conversions``. Never raises."""
     if len(data) == 0:
         return None, "empty"
     try:
         crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits,
-                                    background=TRAINING_BACKGROUND, conversions=conversions)
+                                    background=TRAINING_BACKGROUND, conversions=conversions, out=out)
     except Exception as exc:  # noqa: BLE001
         return None, _skip_kind(exc)
     if crops is None:
@@ -273,19 +273,22 @@ def decode_and_crop(
     ``converted``, if given, receives ``(kind, path)`` for each conversion of a used image (kinds in
     :data:`CONVERSION_KINDS`): alpha is composited on :data:`~srgan.core.images.TRAINING_BACKGROUND`.
     """
-    crops: list[np.ndarray] = []
+    # One array for the batch's crops, each image's windows written straight into their place: 16 crops
+    # of a 500x375 photo are 442 kB, and a fresh array for each image, then their concatenation, cost
+    # more than the crops' own copies (the new pages' faults; a large array gets huge pages).
+    out = np.empty((len(batch["bytes"]) * crops_per_image, 3, crop_size, crop_size), np.uint8)  # (N x count, 3, c, c)
     skips: SkipList = []
+    k = 0
     for data, path in zip(batch["bytes"], batch["path"]):
         conversions: list[str] = []
-        windows, kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng, conversions)
+        _, kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng, conversions, out[k : k + crops_per_image])
         if kind is not None:
             skips.append((kind, str(path)))
             continue
-        crops.append(windows)
+        k += crops_per_image
         if converted is not None:
             converted.extend((c, str(path)) for c in conversions)
-    empty = np.zeros((0, 3, crop_size, crop_size), np.uint8)
-    return {"gt": np.concatenate(crops) if crops else empty}, skips
+    return {"gt": out[:k]}, skips
 
 
 def decode_and_crop_on(
