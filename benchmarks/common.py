@@ -272,6 +272,16 @@ def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
         yield int(entry.name), text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
 
 
+def thread_sched() -> dict[str, float]:
+    """The calling thread's scheduler figures so far: {"on_cpu_s", "runqueue_s", "sleeps"} from
+    /proc/thread-self (schedstat: time on a core and time runnable but waiting for one; status: the
+    voluntary context switches, each a sleep on a lock, a futex or I/O)."""
+    run_ns, wait_ns = (int(x) for x in Path("/proc/thread-self/schedstat").read_text().split()[:2])
+    sleeps = next(int(line.split()[1]) for line in Path("/proc/thread-self/status").read_text().splitlines()
+                  if line.startswith("voluntary_ctxt_switches"))
+    return {"on_cpu_s": run_ns / 1e9, "runqueue_s": wait_ns / 1e9, "sleeps": float(sleeps)}
+
+
 def process_cpu_seconds() -> dict[int, tuple[str, float]]:
     """pid -> (command name, user + system CPU seconds so far) for every process."""
     return {pid: (name, (int(fields[11]) + int(fields[12])) / _TICKS) for pid, name, fields in proc_stats()}

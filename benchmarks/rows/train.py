@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Row, Settings, demo_generator, local_ray, machine_busy_seconds
+from benchmarks.common import Row, Settings, demo_generator, local_ray, machine_busy_seconds, thread_sched
 
 BATCH, CROP = 16, 64
 
@@ -46,10 +46,13 @@ def _batches(count: int):
 
 class _CpuWindow:
     """CPU used during a timed window: by this process, and by every other process on the machine
-    (the machine's busy time from /proc/stat less this process's): what the loop competes with."""
+    (the machine's busy time from /proc/stat less this process's): what the loop competes with. And
+    the loop's own thread (the one that opened the window): its share of the wall on a core, waiting
+    for one, and its sleeps."""
 
     def __init__(self) -> None:
         self._t0, self._all0, self._own0 = time.perf_counter(), machine_busy_seconds(), self._own()
+        self._thread0 = thread_sched()
 
     @staticmethod
     def _own() -> float:
@@ -57,10 +60,13 @@ class _CpuWindow:
         return t.user + t.system
 
     def close(self) -> dict:
-        """{"own_cores", "others_cores"}: mean cores busy over the window."""
+        """{"own_cores", "others_cores"}: mean cores busy over the window; {"loop_on_cpu",
+        "loop_runqueue"}: the loop thread's fractions of the wall; "loop_sleeps": its sleeps."""
         wall = time.perf_counter() - self._t0
         own = self._own() - self._own0
-        return {"own_cores": own / wall, "others_cores": max(machine_busy_seconds() - self._all0 - own, 0.0) / wall}
+        thread = {k: v - self._thread0[k] for k, v in thread_sched().items()}
+        return {"own_cores": own / wall, "others_cores": max(machine_busy_seconds() - self._all0 - own, 0.0) / wall,
+                "loop_on_cpu": thread["on_cpu_s"] / wall, "loop_runqueue": thread["runqueue_s"] / wall, "loop_sleeps": thread["sleeps"]}
 
 
 def bare_loop(steps: int, warmup: int, threads: int) -> tuple[float, dict]:
@@ -148,10 +154,15 @@ def _row_overhead(s: Settings) -> Row:
     competing = (f"cores busy during the timed steps: the loop {cores(cpu_ours, 'own_cores')} and every other process "
                  f"{cores(cpu_ours, 'others_cores')} in Ray, the loop {cores(cpu_bare, 'own_cores')} and every other process "
                  f"{cores(cpu_bare, 'others_cores')} bare (Ray's processes up in both)")
+    # Where the worker's gap sits (BENCHMARKS.md): its loop thread is off its core more, and asleep.
+    loop_thread = (f"the loop's thread on a core {cores(cpu_ours, 'loop_on_cpu')} of the wall, waiting for one "
+                   f"{cores(cpu_ours, 'loop_runqueue')}, {statistics.median(w['loop_sleeps'] for w in cpu_ours):.0f} sleeps in Ray; "
+                   f"{cores(cpu_bare, 'loop_on_cpu')}, {cores(cpu_bare, 'loop_runqueue')}, "
+                   f"{statistics.median(w['loop_sleeps'] for w in cpu_bare):.0f} sleeps bare")
     return Row("train-overhead", f"{med_ours:.1f} img/s (Ray Train, 1 worker)", f"{med_bare:.1f} img/s (bare PyTorch loop)", ratio, ">= 0.95",
                ratio >= 0.95, f"demo generator, MSE step, batch {BATCH} of {CROP}x{CROP} uint8 in memory, {steps} timed steps after {warmup}, "
                f"2 torch threads both sides, {repeats} alternating runs: Ray {[round(x, 1) for x in ours]}, bare {[round(x, 1) for x in bare]}; "
-               f"trainer start-up and teardown {statistics.median(starts):.1f} s per fit() (not in the rate); {competing}")
+               f"trainer start-up and teardown {statistics.median(starts):.1f} s per fit() (not in the rate); {competing}; {loop_thread}")
 
 
 def _data_wait_loop(cfg: dict) -> None:
