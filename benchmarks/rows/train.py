@@ -86,7 +86,7 @@ def _overhead_loop(cfg: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    step_raw, net = _step_fn(cfg["threads"])
+    _, net = _step_fn(cfg["threads"])
     import torch
 
     from srgan.core.engine import OptimConfig, StepConfig, make_optimizer, srresnet_step
@@ -152,19 +152,18 @@ def _row_overhead(s: Settings) -> Row:
     spare_ours, spare_bare = statistics.median(o for o, _ in spare), statistics.median(b for _, b in spare)
     ratio = med_ours / med_bare
 
-    def cores(windows: list[dict], key: str) -> str:
-        return f"{statistics.median(w[key] for w in windows):.2f}"
+    def median_of(windows: list[dict], key: str, fmt: str = ".2f") -> str:
+        return f"{statistics.median(w[key] for w in windows):{fmt}}"
 
     # What bounds the ratio on a machine the loop fills: the other processes' CPU during the steps
     # (Ray's raylet, GCS, dashboard, the controller's polls) comes out of the loop's two threads.
-    competing = (f"cores busy during the timed steps: the loop {cores(cpu_ours, 'own_cores')} and every other process "
-                 f"{cores(cpu_ours, 'others_cores')} in Ray, the loop {cores(cpu_bare, 'own_cores')} and every other process "
-                 f"{cores(cpu_bare, 'others_cores')} bare (Ray's processes up in both)")
+    competing = (f"cores busy during the timed steps: the loop {median_of(cpu_ours, 'own_cores')} and every other process "
+                 f"{median_of(cpu_ours, 'others_cores')} in Ray, the loop {median_of(cpu_bare, 'own_cores')} and every other process "
+                 f"{median_of(cpu_bare, 'others_cores')} bare (Ray's processes up in both)")
     # Where the worker's gap sits (BENCHMARKS.md): its loop thread is off its core more, and asleep.
-    loop_thread = (f"the loop's thread on a core {cores(cpu_ours, 'loop_on_cpu')} of the wall, waiting for one "
-                   f"{cores(cpu_ours, 'loop_runqueue')}, {statistics.median(w['loop_sleeps'] for w in cpu_ours):.0f} sleeps in Ray; "
-                   f"{cores(cpu_bare, 'loop_on_cpu')}, {cores(cpu_bare, 'loop_runqueue')}, "
-                   f"{statistics.median(w['loop_sleeps'] for w in cpu_bare):.0f} sleeps bare")
+    loop_thread = (f"the loop's thread on a core {median_of(cpu_ours, 'loop_on_cpu')} of the wall, waiting for one "
+                   f"{median_of(cpu_ours, 'loop_runqueue')}, {median_of(cpu_ours, 'loop_sleeps', '.0f')} sleeps in Ray; "
+                   f"{median_of(cpu_bare, 'loop_on_cpu')}, {median_of(cpu_bare, 'loop_runqueue')}, {median_of(cpu_bare, 'loop_sleeps', '.0f')} sleeps bare")
     return Row("train-overhead", f"{med_ours:.1f} img/s (Ray Train, 1 worker)", f"{med_bare:.1f} img/s (bare PyTorch loop)", ratio, ">= 0.95",
                ratio >= 0.95, f"demo generator, MSE step, batch {BATCH} of {CROP}x{CROP} uint8 in memory, {steps} timed steps after {warmup}, "
                f"2 torch threads both sides, {repeats} alternating runs: Ray {[round(x, 1) for x in ours]}, bare {[round(x, 1) for x in bare]}; "

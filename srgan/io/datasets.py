@@ -220,19 +220,18 @@ def _skip_kind(exc: Exception) -> str:
 
 
 def _decode_crops(data: bytes, limits: ImageLimits, crop_size: int, count: int, rng: np.random.Generator,
-                  conversions: list[str], out: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """Decode ``data`` into ``count`` random crops written to ``out`` -> (``out``, None), or (None, skip
-    kind); the conversions applied to a decoded object go to ``conversions``. Never raises."""
+                  conversions: list[str], out: np.ndarray) -> str | None:
+    """Decode ``data`` into ``count`` random crops written to ``out`` -> None, or the skip kind (``out``
+    then holds nothing of use); the conversions applied to a decoded object go to ``conversions``.
+    Never raises."""
     if len(data) == 0:
-        return None, "empty"
+        return "empty"
     try:
         crops = decode_random_crops(data, crop_size=crop_size, count=count, rng=rng, limits=limits,
                                     background=TRAINING_BACKGROUND, conversions=conversions, out=out)
     except Exception as exc:  # noqa: BLE001
-        return None, _skip_kind(exc)
-    if crops is None:
-        return None, "too_small"
-    return crops, None
+        return _skip_kind(exc)
+    return "too_small" if crops is None else None
 
 
 def random_crops(rgb: np.ndarray | Tensor, crop_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -281,7 +280,7 @@ def decode_and_crop(
     k = 0
     for data, path in zip(batch["bytes"], batch["path"]):
         conversions: list[str] = []
-        _, kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng, conversions, out[k : k + crops_per_image])
+        kind = _decode_crops(bytes(data), limits, crop_size, crops_per_image, rng, conversions, out[k : k + crops_per_image])
         if kind is not None:
             skips.append((kind, str(path)))
             continue
