@@ -353,7 +353,50 @@ def test_a_small_prefix_is_read_several_times_per_epoch_in_one_fused_task_per_co
     assert sorted(sources) == sorted(list(good) * passes)
     assert count_skips(counter)["total"] == len(bad)  # the same bad paths in every pass: counted once
     operators = [line for line in ds.stats().splitlines() if line.startswith("Operator ")]
-    assert len(operators) == 1 and "->MapBatches(_decode_crop_batch)" in operators[0], operators
+    assert len(operators) == 1 and "ReadImageFiles" in operators[0] and "MapBatches" not in operators[0], operators
+
+
+def test_read_tasks_hand_their_files_to_the_decode_images_per_block_at_a_time(tmp_path):
+    """The image-file datasource's read tasks (called here as Ray Data's workers call them) read their
+    files and pass them to the block function IMAGES_PER_BLOCK at a time, with the keys and bytes
+    paired (one Arrow block per file cost the tasks about 0.25 ms an image, BENCHMARKS.md): every file
+    once per execution, in a new order at each, and with a seed the same orders again."""
+    from types import SimpleNamespace
+
+    from srgan.distributed.ingest import IMAGES_PER_BLOCK, _image_files
+    from srgan.io.storage import resolve
+
+    files = 2 * IMAGES_PER_BLOCK + 6
+    paths = []
+    for i in range(files):
+        path = tmp_path / f"img_{i:03d}.bin"
+        path.write_bytes(f"contents of {i}".encode() * (i + 1))
+        paths.append(str(path))
+    fs, _ = resolve(str(tmp_path))
+    calls: list[int] = []
+
+    def to_block(batch):
+        calls.append(len(batch["path"]))
+        for path, data in zip(batch["path"], batch["bytes"]):
+            assert data == Path(path).read_bytes()
+        return {"path": batch["path"]}
+
+    def epoch(source, execution: int) -> list[str]:
+        calls.clear()
+        tasks = source.get_read_tasks(2, data_context=SimpleNamespace(_execution_idx=execution, retried_io_errors=[]))
+        assert len(tasks) == 2
+        order = [p for task in tasks for block in task() for p in block["path"].to_pylist()]
+        assert sorted(calls) == [3, 3, IMAGES_PER_BLOCK, IMAGES_PER_BLOCK]  # two tasks of 35: a full block and the rest each
+        return order
+
+    sizes = [Path(p).stat().st_size for p in paths]
+    unseeded = _image_files(paths, sizes, filesystem=fs, seed=None, to_block=to_block, row_bytes=None)
+    first, second = epoch(unseeded, 0), epoch(unseeded, 1)
+    assert sorted(first) == sorted(second) == paths and first != second and first != paths
+    seeded = [_image_files(paths, sizes, filesystem=fs, seed=3, to_block=to_block, row_bytes=None) for _ in range(2)]
+    assert [epoch(seeded[0], e) for e in (0, 1)] == [epoch(seeded[1], e) for e in (0, 1)]
+    assert epoch(seeded[0], 0) != epoch(seeded[0], 1)
+    assert unseeded.estimate_inmemory_data_size() == sum(sizes)
 
 
 def test_the_skip_counter_lives_on_the_callers_node_and_a_dead_one_never_fails_a_read(ray_cluster):

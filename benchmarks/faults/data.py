@@ -318,7 +318,7 @@ def data_poisoning(run: Run) -> Outcome:
     want_skips, want_converted = expected_counts(poisoned)
     _ray_init(run)
     t1 = time.monotonic()
-    with WorkerMemory("_decode_crop_batch") as memory:
+    with WorkerMemory("ReadImageFiles") as memory:
         rows, summary = _epoch(str(root), counter=f"poison-{uuid.uuid4().hex[:8]}")
     epoch_s = time.monotonic() - t1
     used = total - sum(want_skips.values())

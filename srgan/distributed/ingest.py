@@ -3,9 +3,10 @@
 One epoch, as Ray Data runs it::
 
     list the files once, on the driver (srgan.io.datasets: list_images / the shards of a packed prefix)
-      -> _image_files / parquet_shards         tasks of up to 1,024 objects (or 8 shards), image files on 8 threads (S3) or 1 (local);
-                                               the file order is reshuffled at every epoch
-      -> map_batches(decode + crop)            fused into those tasks, a core each; bad objects skipped and counted
+      -> _image_files                          read tasks of up to 1,024 objects, a core each, read on 8 threads (S3) or 1 (local),
+                                               decoded and cropped IMAGES_PER_BLOCK (32) objects at a time in the same task;
+                                               the file order is reshuffled at every epoch; bad objects skipped and counted
+         or parquet_shards -> map_batches      up to 8 shards a task, the decode fused into the read
       -> rows {"gt": uint8 (3, crop, crop)}    Arrow tensors; the trainer makes floats on its device
 
 raw-uint8 shards (``*.arrow``) skip the decode: the read tasks map the shards and cut windows. With
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -113,7 +115,9 @@ def _decode_crop_batch(
     limits: ImageLimits,
     counter: ray.actor.ActorHandle,
 ) -> dict[str, np.ndarray]:
-    """map_batches UDF: {image_column, path} -> {"gt": uint8 (K, 3, c, c)}; skips go to ``counter``."""
+    """A batch of encoded objects -> its block: {image_column, path} -> {"gt": uint8 (K, 3, c, c)}; skips
+    go to ``counter``. The image-file read tasks call it on IMAGES_PER_BLOCK files; for Parquet shards
+    it is a ``map_batches`` UDF fused into the read."""
     # Raw reads carry the filesystem path; report the key relative to the source, as shards store it.
     paths = [str(p) if root is None else relative_key(str(p), root) for p in batch["path"]]
     # Fresh OS entropy per batch: crops must differ at every epoch, and Ray runs batches in any order.
@@ -229,33 +233,105 @@ def read_parquet_shards(paths: list[str], *, filesystem, num_cpus: float, shuffl
     return _read_shards(source, len(paths), num_cpus)
 
 
-def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any):
-    """A Ray Data datasource of ``{"bytes", "path"}`` rows, one per file, that reads each task's files
-    on a few threads on an object store: a GET to S3 waits tens of milliseconds, and a task that read
-    one object at a time would spend most of its core waiting (the decode runs in the same task, fused
-    after the read). Local files are read on one thread (READ_THREADS_PER_TASK says why).
+def _image_files(paths: list[str], sizes: list[int], *, filesystem, seed: int | None, to_block: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 row_bytes: int | None) -> Datasource:
+    """A Ray Data datasource whose read tasks read image files and turn them into blocks themselves,
+    IMAGES_PER_BLOCK files at a time: ``to_block({"bytes", "path"})`` gives a block's columns (the
+    decode and crop, or the keys for decoding on the GPU). A task reads its files on a few threads on an
+    object store (a GET waits tens of milliseconds; reads run ahead of the decode) and on its own
+    thread locally (READ_THREADS_PER_TASK says why).
 
-    The sizes come from the project's own listing: Ray's default metadata provider would stat every
-    path again (a HEAD per object on S3, and one per pass when a small prefix is read several times)."""
-    from ray.data.block import BlockAccessor
-    from ray.data.datasource import DefaultFileMetadataProvider, FileBasedDatasource
+    Not a ``FileBasedDatasource`` with a fused ``map_batches``: that makes a one-row Arrow block per
+    file, adds its path column, concatenates them and runs the UDF once per block, about 0.25 ms of the
+    task's 0.9 ms an image here (BENCHMARKS.md, "Ingest read tasks that decode"). The file order is
+    shuffled at every execution (epoch), reproducibly per epoch when ``seed`` is set. The sizes come
+    from the project's own listing, so nothing is listed or stat'ed again. ``row_bytes``: a block row's
+    size, for Ray Data's memory budget (None: rows are the files themselves)."""
+    from ray._common.retry import call_with_retry  # RAY: the retry Ray Data's file reads use
+    from ray.data.block import BlockAccessor, BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
 
     threads = read_threads(filesystem)
 
-    class Listed(DefaultFileMetadataProvider):  # RAY
-        def expand_paths(self, paths, filesystem, partitioning=None, ignore_missing_paths=False):
-            return zip(paths, sizes)
+    def read_task(task_paths: list[str], retried: list[str]) -> Callable[[], Iterable[Any]]:
+        def fetch(path: str) -> bytes:
+            def read() -> bytes:
+                with filesystem.open_input_file(path) as f:
+                    return f.readall()
+            # Transient errors the filesystem's own retries left (Ray Data's DataContext.retried_io_errors).
+            return call_with_retry(read, description=f"read {path}", match=retried)
 
-    class ImageFiles(FileBasedDatasource):  # RAY
-        _NUM_THREADS_PER_TASK = threads  # Ray Data's own switch: reads go through a thread pool
+        def blocks() -> Iterable[Any]:
+            for group in _in_groups(_read_ahead(task_paths, fetch, threads), IMAGES_PER_BLOCK):
+                batch = {"bytes": np.empty(len(group), dtype=object), "path": np.array([p for p, _ in group], dtype=object)}
+                batch["bytes"][:] = [data for _, data in group]  # (element-wise: equal-length bytes would become a 2-D array)
+                yield BlockAccessor.batch_to_block(to_block(batch))
 
-        def _read_stream(self, f, path):
-            yield BlockAccessor.batch_to_block({"bytes": np.array([f.readall()], dtype=object)})
+        return blocks
 
-        def _rows_per_file(self):
-            return 1
+    class ImageFiles(Datasource):  # RAY
+        def get_name(self) -> str:
+            return "ImageFiles"
 
-    return ImageFiles(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True, meta_provider=Listed())
+        def estimate_inmemory_data_size(self) -> int:
+            return len(paths) * row_bytes if row_bytes is not None else sum(sizes)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+            # Ray Data counts executions in its DataContext: a new file order per epoch, as its own file reads shuffle.
+            execution = getattr(data_context, "_execution_idx", 0)
+            retried = list(getattr(data_context, "retried_io_errors", []))
+            rng = np.random.default_rng(None if seed is None else [seed, execution])
+            order = rng.permutation(len(paths))
+            tasks = []
+            for part in np.array_split(order, max(1, min(parallelism, len(paths)))):
+                task_paths = [paths[i] for i in part]
+                task_bytes = len(part) * row_bytes if row_bytes is not None else sum(sizes[i] for i in part)
+                # num_rows unknown: skips make any count a guess, and Ray Data's count() would return it unread.
+                meta = BlockMetadata(num_rows=None, size_bytes=task_bytes, input_files=task_paths, exec_stats=None)
+                tasks.append(ReadTask(read_task(task_paths, retried), meta, per_task_row_limit=per_task_row_limit))
+            return tasks
+
+    return ImageFiles()
+
+
+# Files a block of the image-file read holds: one decode call, and a few hundred kB of crops (3.5 MB
+# of encoded bytes on the GPU path). One file a block cost about 0.25 ms an image in Arrow and Ray
+# Data's per-block work; at 32 those costs are a few percent of one decode.
+IMAGES_PER_BLOCK = 32
+
+
+def _read_ahead(paths: list[str], fetch: Callable[[str], bytes], threads: int) -> Iterable[tuple[str, bytes]]:
+    """``(path, fetch(path))`` in order; with ``threads`` > 1, up to 2 x threads fetches run ahead on a pool."""
+    if threads <= 1:
+        for path in paths:
+            yield path, fetch(path)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="srgan-read") as pool:
+        pending: deque = deque()
+        todo = iter(paths)
+        for path in todo:
+            pending.append((path, pool.submit(fetch, path)))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            path, future = pending.popleft()
+            if (following := next(todo, None)) is not None:
+                pending.append((following, pool.submit(fetch, following)))
+            yield path, future.result()
+
+
+def _in_groups(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 # Concurrent reads per read/decode task on an object store (GETs wait tens of milliseconds and release
@@ -274,8 +350,9 @@ def read_threads(filesystem) -> int:
 
 
 def _bytes_batch(batch: dict[str, np.ndarray], *, image_column: str, root: str | None) -> dict[str, np.ndarray]:
-    """map_batches UDF of ``data.decode_device: cuda``: {image_column, path} -> {"bytes", "path"} with
-    the keys a skip is reported under; nothing is decoded (the Train worker decodes on its GPU)."""
+    """The block of ``data.decode_device: cuda`` (as :func:`_decode_crop_batch` is for the CPU):
+    {image_column, path} -> {"bytes", "path"} with the keys a skip is reported under; nothing is
+    decoded (the Train worker decodes on its GPU)."""
     paths = [str(p) if root is None else relative_key(str(p), root) for p in batch["path"]]
     return {"bytes": batch[image_column], "path": np.asarray(paths, dtype=object)}
 
@@ -386,36 +463,35 @@ def build_train_dataset(
     if is_parquet_source(uri, s3_endpoint=s3_endpoint):
         fs, shards = list_parquet_shards(uri, s3_endpoint=s3_endpoint)
         ds = read_parquet_shards(shards, filesystem=fs, num_cpus=num_cpus, shuffle=shuffle, columns=list(SHARD_COLUMNS))
-        image_column, root = "image", None  # shards already store keys relative to the packed prefix
-    else:
-        fs, root, images = list_image_infos(uri, s3_endpoint)
-        passes = epoch_passes(len(images), min_objects_per_epoch)
-        paths, sizes = [i.path for i in images] * passes, [i.size for i in images] * passes
-        ds = ray.data.read_datasource(_image_files(paths, sizes, filesystem=fs, shuffle=shuffle), num_cpus=num_cpus,
-                                      override_num_blocks=_read_tasks(len(paths), files_per_task, num_cpus))
-        image_column = "bytes"
+        counter = get_skip_counter(skip_counter_name)
+        # batch_size=None: the UDF takes each block the read yields (SHARD_READ_ROWS rows), which lets
+        # Ray fuse it into the read task; a batch size would make a separate operator, and every block
+        # would travel through the object store to be decoded. (Shards already store keys relative to
+        # the packed prefix: root None.) Not randomize_block_order(): it is an all-to-all barrier (the
+        # whole epoch is read before the first batch leaves); the shards are reordered at every epoch.
+        fn, fn_kwargs = _block_fn(decode, image_column="image", root=None, crop_size=crop_size, crops_per_image=crops_per_image,
+                                  limits=limits, counter=counter)
+        return ds.map_batches(fn, batch_size=None, num_cpus=num_cpus, fn_kwargs=fn_kwargs)
+    fs, root, images = list_image_infos(uri, s3_endpoint)
+    passes = epoch_passes(len(images), min_objects_per_epoch)
+    paths, sizes = [i.path for i in images] * passes, [i.size for i in images] * passes
     counter = get_skip_counter(skip_counter_name)  # after listing: a bad URI leaves no actor behind
-    # Not randomize_block_order(): it is an all-to-all barrier (the whole epoch is read before the first
-    # batch leaves); reshuffling the files at every execution gives a new order and keeps streaming.
-    # batch_size=None: the UDF takes each block the read yields (at most Ray Data's target block size,
-    # 128 MiB of encoded objects), which lets Ray fuse it into the read task; a batch size would make
-    # a separate operator, and every block would travel through the object store to be decoded.
+    fn, fn_kwargs = _block_fn(decode, image_column="bytes", root=root, crop_size=crop_size, crops_per_image=crops_per_image,
+                              limits=limits, counter=counter)
+    # The datasource holds the counter's handle (in fn_kwargs), so the actor lives while the dataset does.
+    source = _image_files(paths, sizes, filesystem=fs, seed=seed, to_block=partial(fn, **fn_kwargs),
+                          row_bytes=None if decode == "cuda" else crops_per_image * 3 * crop_size * crop_size)
+    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(len(paths), files_per_task, num_cpus))
+
+
+def _block_fn(decode: str, *, image_column: str, root: str | None, crop_size: int, crops_per_image: int, limits: ImageLimits,
+              counter: ray.actor.ActorHandle) -> tuple[Callable[..., dict[str, np.ndarray]], dict[str, Any]]:
+    """What turns a batch of encoded objects into a block, and its keyword arguments: the decode and
+    crop on the CPU, or (``decode="cuda"``) only the keys, for the Train worker's GPU decode."""
     if decode == "cuda":
-        return ds.map_batches(_bytes_batch, batch_size=None, num_cpus=num_cpus,
-                              fn_kwargs={"image_column": image_column, "root": root})
-    return ds.map_batches(
-        _decode_crop_batch,
-        batch_size=None,
-        num_cpus=num_cpus,
-        fn_kwargs={
-            "image_column": image_column,
-            "root": root,
-            "crop_size": crop_size,
-            "crops_per_image": crops_per_image,
-            "limits": limits,
-            "counter": counter,  # the dataset holds a handle, so the actor lives while the dataset does
-        },
-    )
+        return _bytes_batch, {"image_column": image_column, "root": root}
+    return _decode_crop_batch, {"image_column": image_column, "root": root, "crop_size": crop_size, "crops_per_image": crops_per_image,
+                                "limits": limits, "counter": counter}
 
 
 # --------------------------------------------------------------------------------------- decoding on the Train worker
