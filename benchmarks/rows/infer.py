@@ -86,12 +86,13 @@ def _row_tiling(s: Settings) -> Row:
     """Tiled time per unit of work against untiled, on the same image; reports the work factor.
 
     The issue's case (tile 256 on 1024x1024 LR) has a 4096x4096 untiled output (about 13 GB of
-    activations, over a minute a pass on 2 cores): both runs keep the default tile, 256, on a 512x512
-    LR image (the quick run with shorter timings). The quick run used to keep the image-to-tile ratio
-    at tile 64 on 128x128, a tile no default of the Upscaler's.
+    activations, over a minute a pass on 2 cores): both runs keep the default tile, 256: the full run
+    on a 512x512 LR image (2x2 tiles of 256, 296-336 pixels with their context), the quick run on
+    384x384 (2x2 tiles of 192, 232 with context; a 512x512 pass is 12 s on a slow day). The quick run
+    used to take tile 64 on 128x128, a tile no default of the Upscaler's.
     """
     net = _paper_net(s)
-    side, tile = 512, 256
+    side, tile = (384, 256) if s.quick else (512, 256)
     lq = torch.rand(1, 3, side, side)
     gflop = _gflop(net, side, side)
     # Both sides run the network as the Upscaler prepares it (batch norm folded, channels_last). The
