@@ -363,7 +363,7 @@ def test_read_tasks_hand_their_files_to_the_decode_images_per_block_at_a_time(tm
     once per execution, in a new order at each, and with a seed the same orders again."""
     from types import SimpleNamespace
 
-    from srgan.distributed.ingest import IMAGES_PER_BLOCK, _image_files
+    from srgan.distributed.ingest import IMAGES_PER_BLOCK, _file_shuffle, _image_files
     from srgan.io.storage import resolve
 
     files = 2 * IMAGES_PER_BLOCK + 6
@@ -390,10 +390,10 @@ def test_read_tasks_hand_their_files_to_the_decode_images_per_block_at_a_time(tm
         return order
 
     sizes = [Path(p).stat().st_size for p in paths]
-    unseeded = _image_files(paths, sizes, filesystem=fs, seed=None, to_block=to_block, row_bytes=None)
+    unseeded = _image_files(paths, sizes, filesystem=fs, shuffle=_file_shuffle(None), to_block=to_block, row_bytes=None)
     first, second = epoch(unseeded, 0), epoch(unseeded, 1)
     assert sorted(first) == sorted(second) == paths and first != second and first != paths
-    seeded = [_image_files(paths, sizes, filesystem=fs, seed=3, to_block=to_block, row_bytes=None) for _ in range(2)]
+    seeded = [_image_files(paths, sizes, filesystem=fs, shuffle=_file_shuffle(3), to_block=to_block, row_bytes=None) for _ in range(2)]
     assert [epoch(seeded[0], e) for e in (0, 1)] == [epoch(seeded[1], e) for e in (0, 1)]
     assert epoch(seeded[0], 0) != epoch(seeded[0], 1)
     assert unseeded.estimate_inmemory_data_size() == sum(sizes)

@@ -22,6 +22,7 @@ report no conversions.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -233,7 +234,7 @@ def read_parquet_shards(paths: list[str], *, filesystem, num_cpus: float, shuffl
     return _read_shards(source, len(paths), num_cpus)
 
 
-def _image_files(paths: list[str], sizes: list[int], *, filesystem, seed: int | None, to_block: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any, to_block: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
                  row_bytes: int | None) -> Datasource:
     """A Ray Data datasource whose read tasks read image files and turn them into blocks themselves,
     IMAGES_PER_BLOCK files at a time: ``to_block({"bytes", "path"})`` gives a block's columns (the
@@ -244,7 +245,8 @@ def _image_files(paths: list[str], sizes: list[int], *, filesystem, seed: int | 
     Not a ``FileBasedDatasource`` with a fused ``map_batches``: that makes a one-row Arrow block per
     file, adds its path column, concatenates them and runs the UDF once per block, about 0.25 ms of the
     task's 0.9 ms an image here (BENCHMARKS.md, "Ingest read tasks that decode"). The file order is
-    shuffled at every execution (epoch), reproducibly per epoch when ``seed`` is set. The sizes come
+    shuffled at every execution (epoch) as ``shuffle`` (:func:`_file_shuffle`) says, as the shard
+    sources shuffle their shards. The sizes come
     from the project's own listing, so nothing is listed or stat'ed again. ``row_bytes``: a block row's
     size, for Ray Data's memory budget (None: rows are the files themselves)."""
     from ray._common.retry import call_with_retry  # RAY: the retry Ray Data's file reads use
@@ -262,7 +264,8 @@ def _image_files(paths: list[str], sizes: list[int], *, filesystem, seed: int | 
             return call_with_retry(read, description=f"read {path}", match=retried)
 
         def blocks() -> Iterable[Any]:
-            for group in _in_groups(_read_ahead(task_paths, fetch, threads), IMAGES_PER_BLOCK):
+            files = _read_ahead(task_paths, fetch, threads)
+            while group := list(itertools.islice(files, IMAGES_PER_BLOCK)):
                 batch = {"bytes": np.empty(len(group), dtype=object), "path": np.array([p for p, _ in group], dtype=object)}
                 batch["bytes"][:] = [data for _, data in group]  # (element-wise: equal-length bytes would become a 2-D array)
                 yield BlockAccessor.batch_to_block(to_block(batch))
@@ -277,11 +280,12 @@ def _image_files(paths: list[str], sizes: list[int], *, filesystem, seed: int | 
             return len(paths) * row_bytes if row_bytes is not None else sum(sizes)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-            # Ray Data counts executions in its DataContext: a new file order per epoch, as its own file reads shuffle.
+            # Ray Data counts executions in its DataContext: a new file order per epoch, seeded as its
+            # own file reads seed theirs (FileShuffleConfig.get_seed).
             execution = getattr(data_context, "_execution_idx", 0)
             retried = list(getattr(data_context, "retried_io_errors", []))
-            rng = np.random.default_rng(None if seed is None else [seed, execution])
-            order = rng.permutation(len(paths))
+            seed = None if shuffle == "files" else shuffle.get_seed(execution)
+            order = np.random.default_rng(seed).permutation(len(paths))
             tasks = []
             for part in np.array_split(order, max(1, min(parallelism, len(paths)))):
                 task_paths = [paths[i] for i in part]
@@ -301,7 +305,8 @@ IMAGES_PER_BLOCK = 32
 
 
 def _read_ahead(paths: list[str], fetch: Callable[[str], bytes], threads: int) -> Iterable[tuple[str, bytes]]:
-    """``(path, fetch(path))`` in order; with ``threads`` > 1, up to 2 x threads fetches run ahead on a pool."""
+    """``(path, fetch(path))`` in order; with ``threads`` > 1, up to 2 x threads fetches run ahead of the
+    one handed out, on a pool."""
     if threads <= 1:
         for path in paths:
             yield path, fetch(path)
@@ -311,27 +316,14 @@ def _read_ahead(paths: list[str], fetch: Callable[[str], bytes], threads: int) -
 
     with ThreadPoolExecutor(threads, thread_name_prefix="srgan-read") as pool:
         pending: deque = deque()
-        todo = iter(paths)
-        for path in todo:
+        for path in paths:
             pending.append((path, pool.submit(fetch, path)))
-            if len(pending) >= 2 * threads:
-                break
+            if len(pending) > 2 * threads:
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            path, future = pending.popleft()
-            if (following := next(todo, None)) is not None:
-                pending.append((following, pool.submit(fetch, following)))
-            yield path, future.result()
-
-
-def _in_groups(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    group: list[Any] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 # Concurrent reads per read/decode task on an object store (GETs wait tens of milliseconds and release
@@ -479,7 +471,7 @@ def build_train_dataset(
     fn, fn_kwargs = _block_fn(decode, image_column="bytes", root=root, crop_size=crop_size, crops_per_image=crops_per_image,
                               limits=limits, counter=counter)
     # The datasource holds the counter's handle (in fn_kwargs), so the actor lives while the dataset does.
-    source = _image_files(paths, sizes, filesystem=fs, seed=seed, to_block=partial(fn, **fn_kwargs),
+    source = _image_files(paths, sizes, filesystem=fs, shuffle=shuffle, to_block=partial(fn, **fn_kwargs),
                           row_bytes=None if decode == "cuda" else crops_per_image * 3 * crop_size * crop_size)
     return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=_read_tasks(len(paths), files_per_task, num_cpus))
 
