@@ -1,5 +1,6 @@
 """Training under faults (issue 13, items 5 and 7): registration that a rerun cannot duplicate; a
-driver SIGKILLed with its whole process group, then rerun; a worker killed twice in one run."""
+driver SIGKILLed with its whole process group, then rerun; a worker killed twice in one run; workers
+on one node resuming from a remote checkpoint at the same time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import write_local_training_data
@@ -41,6 +43,46 @@ def test_registering_the_same_run_and_step_again_returns_the_same_version(tmp_pa
     client = MlflowClient(uri, registry_uri=uri)
     assert sorted(int(v.version) for v in client.search_model_versions("name = 'gen'")) == [1, 2, 3]
     assert str(client.get_model_version_by_alias("gen", "champion").version) == "1"
+
+
+# ------------------------------------------------------------------ resuming workers on one node
+
+
+def test_workers_resuming_on_one_node_each_read_their_own_copy_of_a_remote_checkpoint(tmp_path, s3_bucket):
+    """Two DDP workers on one node resume from an S3 checkpoint, the second arriving while the first
+    reads. With Ray's ``as_directory()`` the second downloaded again into the folder the first was
+    reading (one per node), rewriting its files in place: CI failed with "PytorchStreamReader failed
+    reading file". Each worker's copy must stay as it was until that worker is done with it."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    from srgan.distributed.trainer import checkpoint_files
+    from srgan.io.storage import s3_filesystem
+
+    src = tmp_path / "src"
+    src.mkdir()
+    weights = {"w": torch.randn(256, 1024)}  # 1 MiB: a rewrite in place is not over before the first read
+    torch.save(weights, src / "training_state.pt")
+    fs = s3_filesystem()
+    pyarrow.fs.copy_files(str(src), f"{s3_bucket}/run/checkpoint_000001", destination_filesystem=fs)
+    checkpoint = Checkpoint(f"{s3_bucket}/run/checkpoint_000001", filesystem=fs)
+
+    with checkpoint_files(checkpoint, scratch=tmp_path) as first:
+        state = first / "training_state.pt"
+        before = os.stat(state)
+        with checkpoint_files(checkpoint, scratch=tmp_path) as second:  # the second worker arrives
+            assert second != first
+            after = os.stat(state)
+            assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+            assert torch.equal(torch.load(second / "training_state.pt", weights_only=True)["w"], weights["w"])
+        assert not second.exists() and first.exists()  # the second's exit leaves the first's copy alone
+        assert torch.equal(torch.load(state, weights_only=True)["w"], weights["w"])
+    assert not first.exists()
+
+    # A checkpoint on local disk (or a shared mount) is read where it is, and left there.
+    with checkpoint_files(Checkpoint.from_directory(str(src)), scratch=tmp_path) as local:
+        assert local == src
+    assert (src / "training_state.pt").exists()
 
 
 # ------------------------------------------------------------------ the driver killed, then rerun

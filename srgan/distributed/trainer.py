@@ -29,17 +29,20 @@ Semantics:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,7 +57,10 @@ from srgan.core.models import build_discriminator, build_generator
 from srgan.distributed.cluster import init_ray
 from srgan.core.training_state import Nets, load_training_checkpoint, save_training_checkpoint
 
-__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "SELECTION", "Selection"]
+if TYPE_CHECKING:
+    import ray.train
+
+__all__ = ["TrainSummary", "run_training", "train_loop_per_worker", "checkpoint_files", "SELECTION", "Selection"]
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +160,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     step = 0
     if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            step = load_training_checkpoint(Path(ckpt_dir), nets=nets, map_location=device)
+        with checkpoint_files(checkpoint, scratch=Path(scratch.name)) as ckpt_dir:
+            step = load_training_checkpoint(ckpt_dir, nets=nets, map_location=device)
         if rank != 0:
             torch.manual_seed(config.train.seed + rank + step)
         if rank == 0:
@@ -371,6 +377,31 @@ def _validate_and_log(logger, net, val_dir: str, val_degrade: bool, config: Conf
     return reported
 
 
+@contextlib.contextmanager
+def checkpoint_files(checkpoint: ray.train.Checkpoint, *, scratch: Path | None = None) -> Iterator[Path]:
+    """A Ray checkpoint's files in a local directory that only this process reads.
+
+    A checkpoint on local disk (or a shared mount) is read where it is. A remote one (S3) is
+    downloaded into a fresh folder under ``scratch`` (default: the system's temporary directory)
+    and removed on exit. The trainer reads every checkpoint through here. Not ``as_directory()``:
+    Ray 2.60 downloads a remote checkpoint into one temporary folder per node, shared by the workers
+    there, and a worker that arrives after the first download has finished downloads again into that
+    same folder, rewriting files in place while the others read them. Two DDP workers resuming on
+    one node then failed with "PytorchStreamReader failed reading file data/71" (CI, 2026-12-07).
+    """
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    into = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=scratch))
+    try:
+        checkpoint.to_directory(into)
+        yield into
+    finally:
+        shutil.rmtree(into, ignore_errors=True)
+
+
 def _report_checkpoint(step: int, nets: Nets, config: Config, run_id: str, rank: int, last_val: dict[str, float]) -> None:
     import ray.train  # RAY
 
@@ -558,8 +589,8 @@ def _best_checkpoint(result, selection: Selection):
         pick = max if selection.mode == "max" else min
         return pick(ranked, key=lambda pair: pair[1][selection.attribute])
     best = result.checkpoint  # no validation metric reported: the latest
-    with best.as_directory() as ckpt_dir:
-        meta = json.loads((Path(ckpt_dir) / "checkpoint.json").read_text())
+    with checkpoint_files(best) as ckpt_dir:
+        meta = json.loads((ckpt_dir / "checkpoint.json").read_text())
     return best, {"step": meta["metadata"]["step"]}
 
 
@@ -588,7 +619,7 @@ def _register(config: Config, tracking_uri: str, run_id: str, best, best_metrics
     bicubic = [m.value for m in logger.client.get_metric_history(run_id, "val/bicubic_psnr_y")]
     step = best_metrics["step"]
     score = best_metrics.get(selection.attribute)
-    with best.as_directory() as ckpt_dir:
+    with checkpoint_files(best) as ckpt_dir:
         registration = register_generator(
             tracking_uri,
             run_id=run_id,
