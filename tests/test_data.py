@@ -19,7 +19,7 @@ from PIL import Image
 from srgan.errors import UserError
 from srgan.distributed.ingest import build_train_dataset, count_skips
 from srgan.io.datasets import SkipTally, decode_and_crop, list_images
-from srgan.core.images import ImageLimits, decode_image
+from srgan.core.images import ImageLimits, ImageTooLargeError, decode_image
 
 
 
@@ -390,13 +390,54 @@ def test_read_tasks_hand_their_files_to_the_decode_images_per_block_at_a_time(tm
         return order
 
     sizes = [Path(p).stat().st_size for p in paths]
-    unseeded = _image_files(paths, sizes, filesystem=fs, shuffle=_file_shuffle(None), to_block=to_block, row_bytes=None)
+    unseeded = _image_files(paths, sizes, filesystem=fs, shuffle=_file_shuffle(None), to_block=to_block, row_bytes=None, max_bytes=ImageLimits().max_bytes)
     first, second = epoch(unseeded, 0), epoch(unseeded, 1)
     assert sorted(first) == sorted(second) == paths and first != second and first != paths
-    seeded = [_image_files(paths, sizes, filesystem=fs, shuffle=_file_shuffle(3), to_block=to_block, row_bytes=None) for _ in range(2)]
+    seeded = [_image_files(paths, sizes, filesystem=fs, shuffle=_file_shuffle(3), to_block=to_block, row_bytes=None, max_bytes=ImageLimits().max_bytes) for _ in range(2)]
     assert [epoch(seeded[0], e) for e in (0, 1)] == [epoch(seeded[1], e) for e in (0, 1)]
     assert epoch(seeded[0], 0) != epoch(seeded[0], 1)
     assert unseeded.estimate_inmemory_data_size() == sum(sizes)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_read_tasks_read_no_more_of_an_object_than_the_byte_limit_needs(where, tmp_path, request):
+    """A stray multi-GB object in a training prefix must not be read whole into a task's memory: a read
+    stops at max_bytes + 1 bytes (a ranged GET on S3), which the decoder refuses as too_large, and
+    objects within the limit arrive whole."""
+    from types import SimpleNamespace
+
+    from srgan.distributed.ingest import _file_shuffle, _image_files
+    from srgan.io.storage import resolve
+
+    limit = 1000
+    objects = {"small.jpg": b"s" * 600, "edge.jpg": b"e" * limit, "huge.jpg": bytes(range(256)) * 40}  # 10,240 bytes
+    if where == "local":
+        for name, data in objects.items():
+            (tmp_path / name).write_bytes(data)
+        root = str(tmp_path)
+    else:
+        bucket = request.getfixturevalue("s3_bucket")
+        client = boto3.client("s3")
+        for name, data in objects.items():
+            client.put_object(Bucket=bucket, Key=f"p/{name}", Body=data)
+        root = f"s3://{bucket}/p"
+    fs, base = resolve(root)
+    paths = [f"{base}/{name}" for name in objects]
+    seen: dict[str, bytes] = {}
+
+    def to_block(batch):
+        seen.update(zip(batch["path"], batch["bytes"]))
+        return {"path": batch["path"]}
+
+    source = _image_files(paths, [len(d) for d in objects.values()], filesystem=fs, shuffle=_file_shuffle(0), to_block=to_block,
+                          row_bytes=None, max_bytes=limit)
+    for task in source.get_read_tasks(1, data_context=SimpleNamespace(_execution_idx=0, retried_io_errors=[])):
+        list(task())
+    got = {path.rsplit("/", 1)[1]: data for path, data in seen.items()}
+    assert got["small.jpg"] == objects["small.jpg"] and got["edge.jpg"] == objects["edge.jpg"]
+    assert got["huge.jpg"] == objects["huge.jpg"][: limit + 1]  # the first limit + 1 bytes, no more
+    with pytest.raises(ImageTooLargeError):
+        decode_image(got["huge.jpg"], limits=ImageLimits(max_bytes=limit))
 
 
 def test_the_skip_counter_lives_on_the_callers_node_and_a_dead_one_never_fails_a_read(ray_cluster):

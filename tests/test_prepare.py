@@ -139,6 +139,24 @@ def test_user_errors_are_one_line_with_exit_2(cli, tmp_path, photos_dir, case):
     assert not list(tmp_path.rglob("*.parquet"))
 
 
+def test_pack_reads_no_more_of_an_object_than_the_byte_limit_needs(tmp_path, photos_dir):
+    """An object over the byte limit is packed as its first max_bytes + 1 bytes, not read whole (a stray
+    multi-GB object would fill the packer's memory): training then refuses it as too_large."""
+    from srgan.core.images import ImageLimits, ImageTooLargeError, decode_image
+
+    photo = (photos_dir / "astronaut.png").read_bytes()
+    limit = len(photo)
+    src = tmp_path / "src"
+    write_tree(src, {"fits.png": photo, "over.png": photo + b"\0" * 5000})
+    summary = pack_images(str(src), str(tmp_path / "out"), limits=ImageLimits(max_bytes=limit))
+    table = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    stored = dict(zip(table.column("path").to_pylist(), table.column("image").to_pylist()))
+    assert stored["fits.png"] == photo and stored["over.png"] == photo + b"\0"
+    assert summary.input_bytes == 2 * limit + 1
+    with pytest.raises(ImageTooLargeError):
+        decode_image(stored["over.png"], limits=ImageLimits(max_bytes=limit))
+
+
 def test_pack_refuses_the_input_itself_and_existing_shards(tmp_path, photos_dir):
     src = tmp_path / "src"
     write_tree(src, {"a/astronaut.png": (photos_dir / "astronaut.png").read_bytes()})

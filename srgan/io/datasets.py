@@ -409,17 +409,21 @@ def _plan_shards(images: Sequence[pafs.FileInfo], images_per_shard: int) -> list
     return shards
 
 
-def _read_all(fs: pafs.FileSystem, paths: Sequence[str], pool: ThreadPoolExecutor) -> list[bytes]:
-    """Object bytes in ``paths`` order, fetched concurrently (object stores reward parallel GETs)."""
+def _read_all(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo], pool: ThreadPoolExecutor, max_bytes: int) -> list[bytes]:
+    """Object bytes in ``infos`` order, fetched concurrently (object stores reward parallel GETs). Of an
+    object listed over ``max_bytes``, only its first ``max_bytes`` + 1 bytes: enough for the decoder to
+    refuse it as too large. (The others are read whole: pyarrow allocates what a read asks for, and a
+    20 MiB read cost 67 us against 12 us for a 54 kB file.)"""
 
-    def read(path: str) -> bytes:
+    def read(info: pafs.FileInfo) -> bytes:
+        path = info.path
         try:
             with fs.open_input_stream(path) as f:
-                return f.read()
+                return f.read(max_bytes + 1) if info.size is not None and info.size > max_bytes else f.read()
         except OSError as exc:  # gone or unreadable since the listing: not a bad image, a storage problem
             raise UserError(f"cannot read {path}: {exc}") from None
 
-    return list(pool.map(read, paths))
+    return list(pool.map(read, infos))
 
 
 def _write_shard(fs: pafs.FileSystem, path: str, keys: list[str], blobs: list[bytes]) -> None:
@@ -529,7 +533,8 @@ def pack_images(
 
     ``encoded`` columns: ``path`` (string, key relative to ``input_uri``) and ``image`` (binary, the
     object's bytes as stored: bad objects are packed too, and training skips and counts them as from the
-    raw prefix). ``raw-uint8`` decodes once, here, into Arrow IPC files ``part-00000.arrow``, ... (at
+    raw prefix; of an object over ``limits.max_bytes``, only its first ``max_bytes`` + 1 bytes, which
+    training refuses as ``too_large``). ``raw-uint8`` decodes once, here, into Arrow IPC files ``part-00000.arrow``, ... (at
     most 256 MiB each): ``path``, ``height``, ``width``, ``pixels`` (binary, (3, H, W) planar RGB uint8,
     orientation applied) and ``skip`` (the skip kind of a bad object, else null; ``limits`` decide
     ``too_large``); training then only cuts windows (docs/performance.md has its cost).
@@ -571,7 +576,7 @@ def pack_images(
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for shard in plan:
-            blobs = _read_all(in_fs, [i.path for i in shard], pool)
+            blobs = _read_all(in_fs, shard, pool, limits.max_bytes)
             keys = [relative_key(i.path, in_root) for i in shard]
             input_bytes += sum(map(len, blobs))
             if format == "encoded":
