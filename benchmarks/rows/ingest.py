@@ -145,9 +145,11 @@ def local_epoch_images(s: Settings) -> int:
 
 
 def s3_epoch_images(s: Settings) -> int:
-    """The short epoch on moto S3 (960 quick, 2,880 full): moto answers a GET in 15-25 ms on these
-    cores, so longer S3 epochs would take minutes for a row that is only reported."""
-    return 960 if s.quick else 2880
+    """The short epoch on moto S3 (480 quick, 2,880 full): moto answers a GET in 15-25 ms on these
+    cores, so longer S3 epochs would take minutes for a row that is only reported. (Quick took 960
+    until 2026-12-07: its upload and two rounds of 960 + 1,920 GETs were about a minute of the quick
+    suite, over its 10 minutes on a slow host.)"""
+    return 480 if s.quick else 2880
 
 
 def _write_local(blobs: list[bytes], folder: Path) -> list[str]:
@@ -300,6 +302,10 @@ def _tiny_jpeg(i: int) -> bytes:
 def _row_listing(s: Settings) -> Row:
     from srgan.io.datasets import list_image_infos, pack_images
 
+    # Quick keeps 5,000 objects: at 2,500 (tried 2026-12-07, 66 s against 138 s) the raw prefix's
+    # three read tasks had made every crop by its first batch (a task's crops leave it as one block, at
+    # its end, below Ray Data's 128 MiB block target), so its "steady" window measured a buffer: 23,659
+    # crops/s against 277 at 5,000.
     count = 5_000 if s.quick else 50_000
     # Steady: from the 2nd shard's worth of crops on (a shard is one 1,000-row block, decoded whole
     # before its first batch leaves), to stop_after.
@@ -322,7 +328,7 @@ def _row_listing(s: Settings) -> Row:
                "report both (ratio: raw / shards time to first batch)", True,
                f"{count:,} objects of 128x128 JPEG (~{len(bodies[0]) // 1000} kB) on moto S3, 96x96 crops, local Ray 2 CPUs; driver listing alone "
                f"{list_s:.1f} s ({list_s / count * 1e6:.0f} us/object); steady rate from crop {steady_from:,} to {stop_after:,}; "
-               f"{count // 1000} shards of 1,000; upload took {upload_s:.0f} s")
+               f"{-(-count // 1000)} shards of up to 1,000; upload took {upload_s:.0f} s")
 
 
 def _epoch_rows(make_dataset, column: str, batch_format: str = "pyarrow") -> Callable[[], int]:
@@ -386,7 +392,10 @@ def _row_shard_reader(s: Settings) -> Row:
         blocker = placement_group([{"CPU": 1.25}])
         ray.get(blocker.ready(), timeout=60)
         try:
-            held = (_stalls(lambda: ours(0.25), 30), _stalls(lambda: theirs(0.25), 30))
+            # Ray Data's no-progress guard: ours finishes in well under a second, so the window only
+            # sets how long read_parquet is given before it counts as stalled.
+            window = 15 if s.quick else 30
+            held = (_stalls(lambda: ours(0.25), window), _stalls(lambda: theirs(0.25), window))
         finally:
             remove_placement_group(blocker)
     ratio = project / baseline
