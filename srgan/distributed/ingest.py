@@ -49,6 +49,7 @@ from srgan.io.datasets import (
     is_raw_source,
     relative_key,
 )
+from srgan.io.storage import read_at_most
 
 __all__ = ["SkipCounter", "get_skip_counter", "count_skips", "build_train_dataset", "epoch_passes", "training_epoch_objects", "decodes_on_worker", "iter_device_crops"]
 
@@ -246,11 +247,10 @@ def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any
     file, adds its path column, concatenates them and runs the UDF once per block, about 0.25 ms of the
     task's 0.9 ms an image here (BENCHMARKS.md, "Ingest read tasks that decode"). The file order is
     shuffled at every execution (epoch) as ``shuffle`` (:func:`_file_shuffle`) says, as the shard
-    sources shuffle their shards. The sizes come
-    from the project's own listing, so nothing is listed or stat'ed again. ``row_bytes``: a block row's
-    size, for Ray Data's memory budget (None: rows are the files themselves). A read takes at most
-    ``max_bytes`` + 1 bytes of a file (a ranged GET on S3): enough for the decoder to refuse a larger
-    one as ``too_large``, so a stray multi-GB object in a prefix costs 20 MiB, not the task's memory."""
+    sources shuffle their shards. The sizes (for Ray Data's memory budget) come from the project's own
+    listing: Ray Data runs no metadata pass over the paths. ``row_bytes``: a block row's size, for that
+    budget (None: rows are the files themselves). A read takes at most ``max_bytes`` + 1 bytes of a
+    file (:func:`srgan.io.storage.read_at_most`): the decoder refuses a larger one as ``too_large``."""
     from ray._common.retry import call_with_retry  # RAY: the retry Ray Data's file reads use
     from ray.data.block import BlockAccessor, BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -259,13 +259,8 @@ def _image_files(paths: list[str], sizes: list[int], *, filesystem, shuffle: Any
 
     def read_task(task_paths: list[str], retried: list[str]) -> Callable[[], Iterable[Any]]:
         def fetch(path: str) -> bytes:
-            def read() -> bytes:
-                with filesystem.open_input_file(path) as f:
-                    # Not read(max_bytes + 1) alone: pyarrow allocates what it is asked for, and 20 MiB
-                    # a read cost 67 us against 11 us for a 54 kB file.
-                    return f.read(min(f.size(), max_bytes + 1))
             # Transient errors the filesystem's own retries left (Ray Data's DataContext.retried_io_errors).
-            return call_with_retry(read, description=f"read {path}", match=retried)
+            return call_with_retry(partial(read_at_most, filesystem, path, max_bytes), description=f"read {path}", match=retried)
 
         def blocks() -> Iterable[Any]:
             files = _read_ahead(task_paths, fetch, threads)

@@ -48,7 +48,7 @@ from srgan.core.images import (
     decode_rgb_uint8,
     random_windows,
 )
-from srgan.io.storage import resolve
+from srgan.io.storage import read_at_most, resolve
 
 if TYPE_CHECKING:  # torch is imported where it runs: Ray Data's decode and counting processes never need it
     import torch
@@ -409,21 +409,17 @@ def _plan_shards(images: Sequence[pafs.FileInfo], images_per_shard: int) -> list
     return shards
 
 
-def _read_all(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo], pool: ThreadPoolExecutor, max_bytes: int) -> list[bytes]:
-    """Object bytes in ``infos`` order, fetched concurrently (object stores reward parallel GETs). Of an
-    object listed over ``max_bytes``, only its first ``max_bytes`` + 1 bytes: enough for the decoder to
-    refuse it as too large. (The others are read whole: pyarrow allocates what a read asks for, and a
-    20 MiB read cost 67 us against 12 us for a 54 kB file.)"""
+def _read_all(fs: pafs.FileSystem, paths: Sequence[str], pool: ThreadPoolExecutor, max_bytes: int) -> list[bytes]:
+    """Object bytes in ``paths`` order, fetched concurrently (object stores reward parallel GETs); of an
+    object over ``max_bytes``, its first ``max_bytes`` + 1 (:func:`read_at_most`)."""
 
-    def read(info: pafs.FileInfo) -> bytes:
-        path = info.path
+    def read(path: str) -> bytes:
         try:
-            with fs.open_input_stream(path) as f:
-                return f.read(max_bytes + 1) if info.size is not None and info.size > max_bytes else f.read()
+            return read_at_most(fs, path, max_bytes)
         except OSError as exc:  # gone or unreadable since the listing: not a bad image, a storage problem
             raise UserError(f"cannot read {path}: {exc}") from None
 
-    return list(pool.map(read, infos))
+    return list(pool.map(read, paths))
 
 
 def _write_shard(fs: pafs.FileSystem, path: str, keys: list[str], blobs: list[bytes]) -> None:
@@ -576,7 +572,7 @@ def pack_images(
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for shard in plan:
-            blobs = _read_all(in_fs, shard, pool, limits.max_bytes)
+            blobs = _read_all(in_fs, [i.path for i in shard], pool, limits.max_bytes)
             keys = [relative_key(i.path, in_root) for i in shard]
             input_bytes += sum(map(len, blobs))
             if format == "encoded":

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["S3_MAX_ATTEMPTS", "RetryingS3FileSystem", "s3_endpoint_url", "s3_filesystem", "s3_client", "resolve", "fetch_to_local", "fetch_weights_file"]
+__all__ = ["S3_MAX_ATTEMPTS", "RetryingS3FileSystem", "s3_endpoint_url", "s3_filesystem", "s3_client", "resolve", "read_at_most", "fetch_to_local",
+           "fetch_weights_file"]
 
 # Attempts per S3 request, the first included. At a 20% transient-fault rate, 10 attempts leave about
 # 1e-7 of the requests failed; the standard strategies' backoff (random up to 2^n s, at most 20 s)
@@ -95,6 +96,15 @@ def s3_client(endpoint: str | None = None, *, max_attempts: int = S3_MAX_ATTEMPT
     config = Config(retries={"mode": "standard", "total_max_attempts": max_attempts},
                     s3={"addressing_style": "path"} if endpoint else None)
     return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def read_at_most(fs: pafs.FileSystem, path: str, max_bytes: int) -> bytes:
+    """A file's bytes, or its first ``max_bytes`` + 1 if it is larger (a ranged GET on S3): enough for
+    a decoder to refuse it as too large, so a stray multi-GB object never enters memory. Not
+    ``read(max_bytes + 1)`` on every file: pyarrow allocates what a read asks for, and a 20 MiB read
+    cost 67 us against 11 us for a 54 kB file."""
+    with fs.open_input_file(path) as f:
+        return f.read(min(f.size(), max_bytes + 1))
 
 
 def resolve(uri: str | os.PathLike, *, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
