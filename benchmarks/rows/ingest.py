@@ -328,7 +328,7 @@ def _row_listing(s: Settings) -> Row:
                "report both (ratio: raw / shards time to first batch)", True,
                f"{count:,} objects of 128x128 JPEG (~{len(bodies[0]) // 1000} kB) on moto S3, 96x96 crops, local Ray 2 CPUs; driver listing alone "
                f"{list_s:.1f} s ({list_s / count * 1e6:.0f} us/object); steady rate from crop {steady_from:,} to {stop_after:,}; "
-               f"{-(-count // 1000)} shards of up to 1,000; upload took {upload_s:.0f} s")
+               f"{count // 1000} shards of 1,000; upload took {upload_s:.0f} s")
 
 
 def _epoch_rows(make_dataset, column: str, batch_format: str = "pyarrow") -> Callable[[], int]:
